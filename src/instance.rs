@@ -1,0 +1,81 @@
+//! The single active instance per database: a session advisory lock held by the listener's
+//! dedicated connection (so it dies with the process, even on kill -9) plus a row in
+//! `broker_queueinstance` with a heartbeat for operators.
+
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::Client;
+
+use crate::config::DatabaseConfig;
+use crate::db;
+use crate::error::Error;
+
+/// How often the active instance proves it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long registration retries a lock held by a predecessor whose connection is still
+/// closing (after kill -9 the server needs a moment to notice).
+const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
+
+/// This process's registration on one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub id: i64,
+}
+
+impl Instance {
+    /// Becomes the active instance of the database `client` is connected to, or explains who is.
+    pub fn register(
+        client: &mut Client,
+        db: &DatabaseConfig,
+        name: &str,
+    ) -> Result<Instance, Error> {
+        let deadline = Instant::now() + TAKEOVER_GRACE;
+        loop {
+            match db::register_instance(client, name, &hostname(), env!("CARGO_PKG_VERSION")) {
+                Ok(id) => return Ok(Instance { id }),
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    if Instant::now() >= deadline {
+                        let message = e
+                            .as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_default();
+                        return Err(Error::InstanceActive {
+                            database: db.name.clone(),
+                            message,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(source) => {
+                    return Err(Error::Sql {
+                        database: db.name.clone(),
+                        action: "registering the instance",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The heartbeat; false means another instance has taken over.
+    pub fn ping(&self, client: &mut Client) -> Result<bool, postgres::Error> {
+        db::ping_instance(client, self.id)
+    }
+
+    /// Marks the instance shut down and releases the lock.
+    pub fn shutdown(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        db::shutdown_instance(client, self.id)
+    }
+}
+
+/// The host name recorded with the instance, so an operator knows where it runs.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,140 @@
+//! Logging through the `log` facade: simplelog for text, a small JSON-lines logger for machines
+//! (simplelog has no JSON output). Both write to stderr, which systemd's journal collects.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::config::{LogFormat, LogLevel, LoggingConfig};
+
+/// Installs the process-wide logger. `debug` (the config's `enable_debug`) raises the level to
+/// at least debug.
+pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
+    let mut level = match config.level {
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    };
+    if debug {
+        level = level.max(LevelFilter::Debug);
+    }
+    let result = match config.format {
+        LogFormat::Text => {
+            let cfg = simplelog::ConfigBuilder::new()
+                .set_time_format_rfc3339()
+                .set_target_level(LevelFilter::Off)
+                .set_thread_level(LevelFilter::Off)
+                .build();
+            simplelog::WriteLogger::init(level, cfg, std::io::stderr()).map_err(|e| e.to_string())
+        }
+        LogFormat::Json => {
+            log::set_max_level(level);
+            log::set_boxed_logger(Box::new(JsonLogger { level })).map_err(|e| e.to_string())
+        }
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// Writes one JSON object per line: `{"ts":..,"level":..,"target":..,"msg":..}`.
+struct JsonLogger {
+    level: LevelFilter,
+}
+
+impl Log for JsonLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!(
+            "{{\"ts\":\"{}\",\"level\":\"{}\",\"target\":{},\"msg\":{}}}\n",
+            utc_timestamp(SystemTime::now()),
+            record.level(),
+            json_string(record.target()),
+            json_string(&record.args().to_string())
+        );
+        // One write per line keeps lines whole when threads log at once.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// A JSON string literal for `s`.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// RFC 3339 UTC time with milliseconds, e.g. `2026-11-25T08:51:00.123Z`.
+fn utc_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_000 + 45_296_789);
+        assert_eq!(utc_timestamp(t), "2000-02-29T12:34:56.789Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200);
+        assert_eq!(utc_timestamp(t), "2026-11-26T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_strings_escape_what_they_must() {
+        assert_eq!(
+            json_string("a\"b\\c\nd\u{1}é"),
+            "\"a\\\"b\\\\c\\nd\\u0001é\""
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! Signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once.
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::broker::StopHandle;
+
+/// Exit code when a second signal cuts the drain short.
+pub const EXIT_FORCED: i32 = 1;
+
+/// Starts the signal thread for `stop`.
+pub fn install(stop: StopHandle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if stop.is_stopped() {
+                    log::warn!(
+                        "signal {signal} during shutdown: exiting now; running jobs roll back"
+                    );
+                    std::process::exit(EXIT_FORCED);
+                }
+                log::info!("signal {signal}: draining (a second signal exits at once)");
+                stop.stop();
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! A worker: waits for a wake-up of its queue, then claims and runs that queue's jobs one at a
+//! time, best first, until none is ready. Each job runs on a pooled connection:
+//!
+//! 1. `broker_get` claims it and commits (status `running`, visible to operators);
+//! 2. in a new transaction `broker_run` locks its row and switches to its role, its SQL runs,
+//!    and `broker_set(..., 'completed')` is recorded in that same transaction before COMMIT.
+//!
+//! A job whose SQL fails is rolled back and recorded `failed` with SQLSTATE and message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use postgres::Client;
+
+use crate::broker::Shared;
+use crate::db::{self, describe, Job, Outcome, PooledClient};
+
+/// Runs one worker of `queue` until the wake-up channel closes (shutdown).
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    queue: i32,
+    slot: usize,
+    wake: Receiver<()>,
+    _done: Sender<()>,
+) {
+    let idle = Duration::from_secs(shared.settings.worker_idle_timeout_sec.max(1));
+    let mut conn: Option<PooledClient> = None;
+    loop {
+        select! {
+            recv(wake) -> msg => if msg.is_err() { break },
+            default(idle) => {
+                // Give the connection back so an idle broker holds few of them.
+                conn = None;
+                continue;
+            }
+        }
+        while !shared.is_stopping() {
+            if conn.is_none() {
+                match shared.pool.get() {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        log::warn!(
+                            "database {}: queue {queue}: no connection: {e}",
+                            shared.db.name
+                        );
+                        break;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { break };
+            match run_next(&shared, queue, slot, c) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!(
+                        "database {}: queue {queue}: {}",
+                        shared.db.name,
+                        describe(&e)
+                    );
+                    if c.is_closed() {
+                        conn = None;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Claims and runs the best ready job of `queue`. Ok(false) when there was none.
+/// Errors are the broker's own (connection lost); job errors are recorded, not returned.
+fn run_next(
+    shared: &Shared,
+    queue: i32,
+    slot: usize,
+    c: &mut Client,
+) -> Result<bool, postgres::Error> {
+    let Some(instance) = shared.instance() else {
+        return Ok(false);
+    };
+    let Some(job) = db::claim(c, queue, instance, 1)?.pop() else {
+        return Ok(false);
+    };
+    let _in_flight = shared.track(slot, job.id, c.cancel_token());
+    if shared.is_stopping() {
+        // Claimed but not started: give it back for the next instance.
+        db::finish_job(c, &job, &Outcome::Pending, None)?;
+        return Ok(false);
+    }
+    let started = Instant::now();
+    log::debug!(
+        "database {}: job {} started (queue {queue}, attempt {})",
+        shared.db.name,
+        job.id,
+        job.attempt
+    );
+    let result = if job.transactional {
+        run_in_transaction(c, &job, shared)
+    } else {
+        run_in_session(c, &job, shared)
+    };
+    reset_session(c)?;
+    let outcome = result?;
+    let status = match &outcome {
+        Some(outcome) => db::finish_job(c, &job, outcome, None)?,
+        None => Some("completed".into()),
+    };
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        Some(Outcome::Failed(error)) => log::warn!(
+            "database {}: job {} failed after {took:.3}s (now {}): {error}",
+            shared.db.name,
+            job.id,
+            status.as_deref().unwrap_or("gone")
+        ),
+        Some(Outcome::Pending) => {
+            log::info!(
+                "database {}: job {} rolled back by shutdown, pending again",
+                shared.db.name,
+                job.id
+            )
+        }
+        _ => log::info!(
+            "database {}: job {} completed in {took:.3}s",
+            shared.db.name,
+            job.id
+        ),
+    }
+    Ok(true)
+}
+
+/// Runs a transactional job: its SQL and its completion commit together. Returns the outcome
+/// still to record (None when the completion already committed with the job).
+fn run_in_transaction(
+    c: &mut Client,
+    job: &Job,
+    shared: &Shared,
+) -> Result<Option<Outcome>, postgres::Error> {
+    let mut tx = c.transaction()?;
+    let result = (|| {
+        let xid = db::begin_job(&mut tx, job)?;
+        tx.batch_execute(&job.sql())?;
+        tx.batch_execute("RESET ROLE")?;
+        db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
+        Ok(())
+    })()
+    .and_then(|()| tx.commit());
+    match result {
+        Ok(()) => Ok(None),
+        Err(e) if db::is_statement_error(&e) => {
+            if shared.is_stopping() && db::is_query_canceled(&e) {
+                Ok(Some(Outcome::Pending))
+            } else {
+                Ok(Some(Outcome::Failed(describe(&e))))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a job outside a transaction block (VACUUM, procedures that COMMIT). At most once: if
+/// the broker dies meanwhile, recovery marks it failed rather than running it again.
+fn run_in_session(
+    c: &mut Client,
+    job: &Job,
+    shared: &Shared,
+) -> Result<Option<Outcome>, postgres::Error> {
+    let result = db::begin_job(c, job).and_then(|_| c.batch_execute(&job.sql()));
+    match result {
+        Ok(()) => Ok(Some(Outcome::Completed)),
+        Err(e) if db::is_statement_error(&e) => {
+            let mut error = describe(&e);
+            if shared.is_stopping() && db::is_query_canceled(&e) {
+                error = format!("cancelled by broker shutdown: {error}");
+            }
+            Ok(Some(Outcome::Failed(error)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Clears whatever session state a job left (SET, temp tables, LISTEN, advisory locks, role,
+/// an open transaction) so it cannot leak into the next job on this connection.
+fn reset_session(c: &mut Client) -> Result<(), postgres::Error> {
+    match c.batch_execute("DISCARD ALL") {
+        Err(e) if e.code() == Some(&postgres::error::SqlState::ACTIVE_SQL_TRANSACTION) => {
+            c.batch_execute("ROLLBACK")?;
+            c.batch_execute("DISCARD ALL")
+        }
+        other => other,
+    }
+}
