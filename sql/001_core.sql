@@ -150,6 +150,18 @@ LANGUAGE sql STABLE AS $$
     SELECT hashtextextended('pgsql-broker instance ' || current_database(), 0)
 $$;
 
+-- True when this session holds the instance lock, i.e. is the active instance's listener.
+CREATE FUNCTION broker_holds_instance_lock() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND classid = ((broker_instance_lock_key() >> 32) & 4294967295)::oid
+           AND objid = (broker_instance_lock_key() & 4294967295)::oid
+           AND objsubid = 1)
+$$;
+
 -- Gives back what a dead instance left running, and what this instance left running outside
 -- the jobs it knows it is running (p_in_flight). A row still locked belongs to a transaction
 -- that is still alive somewhere, so it is left alone until that transaction ends.
@@ -159,6 +171,19 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
+    IF NOT broker_holds_instance_lock() THEN
+        RAISE EXCEPTION 'broker_recover must be called by the active instance''s listener'
+            USING ERRCODE = '55000';
+    END IF;
+    -- A dead instance's job may still be executing in a backend the server has not yet noticed
+    -- is orphaned; it holds the row lock and would run on unobserved. Only a caller holding the
+    -- instance lock (so every other instance is gone) gets here.
+    PERFORM pg_terminate_backend(a.pid)
+       FROM broker_jobs j
+       JOIN pg_stat_activity a ON a.pid = j.backend_pid
+      WHERE j.status = 'running' AND j.instance_id IS DISTINCT FROM p_instance
+        AND a.application_name = left('pgsql-broker job ' || j.id, 63)
+        AND a.pid <> pg_backend_pid();
     WITH orphans AS (
         SELECT j.id FROM broker_jobs j
          WHERE j.status = 'running'
@@ -221,9 +246,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE broker_queueinstance SET status = 'shutdown', stopped_at = now()
      WHERE id = p_instance AND status = 'active';
-    IF EXISTS (SELECT 1 FROM pg_locks
-                WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-                  AND objid = (broker_instance_lock_key() & 4294967295)::oid) THEN
+    IF broker_holds_instance_lock() THEN
         PERFORM pg_advisory_unlock(broker_instance_lock_key());
     END IF;
 END
@@ -330,6 +353,7 @@ $$;
 
 -- Only the broker's own login calls these; PUBLIC may submit jobs, not run or steer them.
 REVOKE ALL ON FUNCTION broker_recover(bigint, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION broker_holds_instance_lock() FROM PUBLIC;
 REVOKE ALL ON FUNCTION broker_register_instance(text, text, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION broker_ping_instance(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION broker_shutdown_instance(bigint) FROM PUBLIC;

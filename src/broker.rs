@@ -78,6 +78,7 @@ impl Broker {
             instance: AtomicI64::new(instance.id),
             stop: self.stop.clone(),
             running: Mutex::new(HashMap::new()),
+            fatal: Mutex::new(None),
         });
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let mut wakers = Vec::new();
@@ -139,13 +140,14 @@ impl Broker {
                 panicked.push(name);
             }
         }
-        if panicked.is_empty() {
+        let mut problems: Vec<String> = self.databases.iter().filter_map(|s| s.fatal()).collect();
+        if !panicked.is_empty() {
+            problems.push(format!("thread(s) panicked: {}", panicked.join(", ")));
+        }
+        if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Runtime(format!(
-                "thread(s) panicked: {}",
-                panicked.join(", ")
-            )))
+            Err(Error::Runtime(problems.join("; ")))
         }
     }
 }
@@ -160,6 +162,8 @@ pub(crate) struct Shared {
     stop: StopHandle,
     /// Jobs running now, by worker slot, with what cancels them.
     running: Mutex<HashMap<usize, (i64, CancelToken)>>,
+    /// Why this database stopped being served, when it was not a requested stop.
+    fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -167,8 +171,16 @@ impl Shared {
         self.stop.is_stopped()
     }
 
-    pub fn stop_all(&self) {
+    /// Stops the whole broker because this database cannot be served; `wait()` reports `why`.
+    pub fn fail(&self, why: String) {
+        log::error!("database {}: {why}; stopping", self.db.name);
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("database {}: {why}", self.db.name));
         self.stop.stop();
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn instance(&self) -> Option<i64> {

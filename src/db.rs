@@ -167,6 +167,15 @@ pub fn recover(c: &mut Client, instance: i64, in_flight: &[i64]) -> Result<i32, 
     )
 }
 
+/// True while jobs of other (dead) instances are still running, e.g. in backends being terminated.
+pub fn orphans_left(c: &mut Client, instance: i64) -> Result<bool, postgres::Error> {
+    let row = c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM broker_jobs WHERE status = 'running' AND instance_id IS DISTINCT FROM $1)",
+        &[&instance],
+    )?;
+    Ok(row.get(0))
+}
+
 /// Queues in 1..=`max_queue` that have a job ready to run now.
 pub fn runnable_queues(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
     let rows = c.query(

@@ -28,6 +28,7 @@ const FUNCTIONS: &[&str] = &[
     "broker_ping_instance",
     "broker_shutdown_instance",
     "broker_recover",
+    "broker_holds_instance_lock",
 ];
 
 /// Serializes concurrent installers on one database.

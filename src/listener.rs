@@ -20,6 +20,9 @@ use crate::instance::{Instance, HEARTBEAT_INTERVAL};
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How soon to poll again while a dead instance's jobs are still locked.
+const ORPHAN_RECHECK: Duration = Duration::from_secs(1);
+
 /// Notifications handled per tick at most, so a flood cannot starve the poll and heartbeat.
 const MAX_NOTIFICATIONS_PER_TICK: usize = 1000;
 
@@ -64,10 +67,8 @@ pub(crate) fn run(
                 pause(&shared, shared.settings.notify_retry_seconds);
             }
             Err(Interrupted::Superseded) => {
-                log::error!(
-                    "database {name}: another broker instance took over; this one stops serving it"
-                );
                 shared.set_instance(None);
+                shared.fail("another broker instance took over".into());
                 break;
             }
         }
@@ -101,8 +102,14 @@ fn serve(
     while !shared.is_stopping() {
         let now = Instant::now();
         if now >= next_poll {
-            poll(shared, client, instance, wakers, warned_queues)?;
-            next_poll = now + poll_every;
+            let orphans = poll(shared, client, instance, wakers, warned_queues)?;
+            // Orphans still locked by a dying backend are free in a moment: look again soon.
+            next_poll = now
+                + if orphans {
+                    ORPHAN_RECHECK.min(poll_every)
+                } else {
+                    poll_every
+                };
         }
         if now >= next_ping {
             if !instance.ping(client)? {
@@ -133,14 +140,15 @@ fn serve(
     Ok(())
 }
 
-/// Recovers orphaned jobs and wakes every queue that has a ready job.
+/// Recovers orphaned jobs and wakes every queue that has a ready job. Returns whether
+/// orphans remain (still locked).
 fn poll(
     shared: &Shared,
     client: &mut Client,
     instance: Instance,
     wakers: &[Sender<()>],
     warned_queues: &mut HashSet<i32>,
-) -> Result<(), postgres::Error> {
+) -> Result<bool, postgres::Error> {
     let recovered = db::recover(client, instance.id, &shared.in_flight())?;
     if recovered > 0 {
         log::info!(
@@ -154,7 +162,7 @@ fn poll(
     for queue in db::orphan_queues(client, wakers.len() as i32)? {
         wake(shared, wakers, queue, warned_queues);
     }
-    Ok(())
+    db::orphans_left(client, instance.id)
 }
 
 /// Wakes the workers of `queue`; a full channel already holds enough wake-ups.
@@ -194,9 +202,8 @@ fn reconnect(shared: &Shared) -> Option<(Client, Instance)> {
             shared.set_instance(Some(instance));
             Some((client, instance))
         }
-        Err(e @ Error::InstanceActive { .. }) => {
-            log::error!("{e}; this broker stops serving the database");
-            shared.stop_all();
+        Err(Error::InstanceActive { message, .. }) => {
+            shared.fail(message);
             None
         }
         Err(e) => {

@@ -1,0 +1,305 @@
+//! Test harness: a real PostgreSQL server, one fresh database per test, and the broker binary.
+//!
+//! The server comes from `BROKER_TEST_DSN` (a libpq key=value string), by default
+//! `host=127.0.0.1 port=5432 user=postgres`. Each `TestDb` creates its own database and drops it
+//! (WITH FORCE) when dropped, so tests run in parallel without seeing each other's jobs.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+pub const DSN_VAR: &str = "BROKER_TEST_DSN";
+const DEFAULT_DSN: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+/// Generous upper bound for anything that should take a second: catches hangs, not slowness.
+pub const HANG: Duration = Duration::from_secs(30);
+
+pub fn dsn() -> String {
+    std::env::var(DSN_VAR).unwrap_or_else(|_| DEFAULT_DSN.to_string())
+}
+
+fn server() -> postgres::Config {
+    dsn()
+        .parse()
+        .unwrap_or_else(|e| panic!("{DSN_VAR} is not a valid connection string: {e}"))
+}
+
+pub fn host() -> String {
+    match server().get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".into(),
+    }
+}
+
+pub fn port() -> u16 {
+    server().get_ports().first().copied().unwrap_or(5432)
+}
+
+pub fn user() -> String {
+    server().get_user().unwrap_or("postgres").to_string()
+}
+
+fn admin() -> Client {
+    let mut cfg = server();
+    cfg.dbname("postgres");
+    cfg.connect(NoTls)
+        .unwrap_or_else(|e| panic!("cannot reach the test server ({DSN_VAR}={}): {e}", dsn()))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    dir: PathBuf,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let name = format!(
+            "pgsql_broker_t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        admin()
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TestDb { name, dir }
+    }
+
+    pub fn client(&self) -> Client {
+        let mut cfg = server();
+        cfg.dbname(&self.name);
+        cfg.connect(NoTls).expect("connect to test database")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a YAML config for this database; `extra_db` and `broker` are YAML lines indented
+    /// for their section.
+    pub fn config(&self, extra_db: &str, broker: &str) -> PathBuf {
+        let text = format!(
+            "databases:\n  - name: {name}\n    host: \"{host}\"\n    port: {port}\n    user: {user}\n    database: {name}\n    max_open_conns: 6\n    queue_count: 2\n{extra_db}\nbroker:\n  notify_retry_seconds: 1s\n{broker}\nlogging:\n  level: debug\n",
+            name = self.name,
+            host = host(),
+            port = port(),
+            user = user(),
+        );
+        self.write_file("broker.yaml", &text)
+    }
+
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// Runs SQL and returns the first column of the first row as text (None for NULL).
+    pub fn value(&self, sql: &str) -> Option<String> {
+        let rows = self
+            .client()
+            .simple_query(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", explain(&e)));
+        rows.into_iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })?
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.client()
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", explain(&e)));
+    }
+
+    pub fn add_job(&self, call: &str) -> i64 {
+        self.value(&format!("SELECT {call}"))
+            .and_then(|v| v.parse().ok())
+            .expect("job id")
+    }
+
+    pub fn status(&self, id: i64) -> String {
+        self.value(&format!("SELECT status FROM broker_jobs WHERE id = {id}"))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `id` reaches `status`, failing after `HANG`.
+    pub fn wait_status(&self, id: i64, status: &str) {
+        wait_until(&format!("job {id} to be {status}"), || {
+            self.status(id) == status
+        });
+    }
+
+    pub fn install(&self) {
+        let out = run_cli(&[
+            "--config",
+            self.config("", "").to_str().unwrap_or_default(),
+            "install",
+        ]);
+        assert!(out.status.success(), "install failed: {}", out.stderr);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = admin().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An error with the server's message, for test failure output.
+pub fn explain(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("SQLSTATE {}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `HANG`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pgsql-broker");
+
+/// What a finished CLI run printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary to completion with a clean `PGSQL_BROKER_*` environment.
+pub fn run_cli(args: &[&str]) -> Output {
+    run_cli_env(args, &[])
+}
+
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = command(env);
+    let out = cmd.args(args).output().expect("run pgsql-broker");
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGSQL_BROKER_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// A `pgsql-broker start` process; killed if still running when dropped.
+pub struct BrokerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    pub fn start(config: &Path) -> BrokerProcess {
+        Self::start_env(config, &[])
+    }
+
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        let log = config.with_extension(format!("{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command(env)
+            .args(["--config", config.to_str().unwrap_or_default(), "start"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn pgsql-broker");
+        BrokerProcess { child, log }
+    }
+
+    /// Starts the broker and waits until it serves the database.
+    pub fn start_serving(db: &TestDb, config: &Path) -> BrokerProcess {
+        let mut p = Self::start(config);
+        let _ = db;
+        wait_until("the broker to serve", || {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "broker exited with {status} before serving; log:\n{}",
+                    p.log()
+                );
+            }
+            p.log().contains("serving as instance")
+        });
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("broker log line {needle:?}"), || {
+            self.log().contains(needle)
+        });
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+        assert!(
+            ok.map(|s| s.success()).unwrap_or(false),
+            "kill -{sig} failed"
+        );
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within {limit:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

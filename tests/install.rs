@@ -1,0 +1,116 @@
+//! `pgsql-broker install`: one transaction, idempotent, `--verify-only` lists what is missing.
+
+mod common;
+use common::*;
+
+fn cli(db: &TestDb, args: &[&str]) -> Output {
+    let config = db.config("", "");
+    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    run_cli(&all)
+}
+
+#[test]
+fn install_verify_and_reinstall() {
+    let db = TestDb::new();
+
+    let out = cli(&db, &["install", "--verify-only"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify on an empty database must fail: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("missing table broker_jobs"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("missing function broker_add_job"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli(&db, &["install"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("version 0 -> 1"), "{}", out.stdout);
+
+    let out = cli(&db, &["install", "--verify-only"]);
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("installed and complete"),
+        "{}",
+        out.stdout
+    );
+
+    // A job survives a re-install untouched: the second run is a no-op.
+    let id = db.add_job("broker_add_job('keep', 'SELECT 1')");
+    let out = cli(&db, &["install", "--database", &db.name]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("already installed"), "{}", out.stdout);
+    assert_eq!(db.status(id), "pending");
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_schema_version")
+            .as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn verify_names_a_missing_function() {
+    let db = TestDb::new();
+    db.install();
+    db.exec("DROP FUNCTION broker_ping_instance(bigint)");
+    let out = cli(&db, &["install", "--verify-only"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.contains("missing function broker_ping_instance"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn unknown_database_name_is_a_usage_error() {
+    let db = TestDb::new();
+    let out = cli(&db, &["install", "--database", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("nope"), "{}", out.stderr);
+}
+
+#[test]
+fn start_refuses_a_newer_schema() {
+    let db = TestDb::new();
+    db.install();
+    db.exec("INSERT INTO broker_schema_version (version) VALUES (999)");
+    let out = cli(&db, &["start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("schema version 999 is newer"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn concurrent_installs_serialize() {
+    let db = TestDb::new();
+    let config = db.config("", "");
+    let path = config.to_str().unwrap_or_default().to_string();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || run_cli(&["--config", &path, "install"]))
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().expect("thread");
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_schema_version")
+            .as_deref(),
+        Some("1")
+    );
+}
