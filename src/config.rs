@@ -86,6 +86,17 @@ pub struct BrokerConfig {
     pub workers_per_queue: u32,
     /// Seconds running jobs get to finish on shutdown before they are cancelled.
     pub shutdown_timeout_sec: u64,
+    /// Timeout of jobs that set none themselves; zero means none.
+    #[serde(deserialize_with = "de_duration")]
+    pub default_job_timeout: Duration,
+    /// Completed jobs older than this are deleted; zero keeps them forever.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention_completed: Duration,
+    /// Failed and cancelled jobs older than this are deleted; zero keeps them forever.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention_failed: Duration,
+    /// Rows deleted per statement, so retention never holds long locks.
+    pub retention_batch_size: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +236,10 @@ impl Default for BrokerConfig {
             enable_debug: false,
             workers_per_queue: 1,
             shutdown_timeout_sec: 30,
+            default_job_timeout: Duration::ZERO,
+            retention_completed: Duration::from_secs(7 * 86_400),
+            retention_failed: Duration::from_secs(30 * 86_400),
+            retention_batch_size: 1000,
         }
     }
 }
@@ -401,6 +416,7 @@ impl Config {
             ("queue_timer_sec", b.queue_timer_sec),
             ("queue_buffer_size", b.queue_buffer_size as u64),
             ("workers_per_queue", b.workers_per_queue as u64),
+            ("retention_batch_size", b.retention_batch_size as u64),
         ] {
             if value == 0 {
                 return invalid(format!("broker.{key}"), "must be at least 1");
@@ -469,6 +485,10 @@ impl BrokerConfig {
             "enable_debug" => self.enable_debug = parse_scalar(v)?,
             "workers_per_queue" => self.workers_per_queue = parse_scalar(v)?,
             "shutdown_timeout_sec" => self.shutdown_timeout_sec = parse_scalar(v)?,
+            "default_job_timeout" => self.default_job_timeout = parse_duration(v)?,
+            "retention_completed" => self.retention_completed = parse_duration(v)?,
+            "retention_failed" => self.retention_failed = parse_duration(v)?,
+            "retention_batch_size" => self.retention_batch_size = parse_scalar(v)?,
             _ => return Err(format!("unknown broker key {key:?}")),
         }
         Ok(())
@@ -575,6 +595,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            // Not Go, but retention periods read better in days.
+            "d" => 86_400.0,
             "" => return Err(bad("missing unit")),
             _ => return Err(bad("unknown unit")),
         };

@@ -224,13 +224,19 @@ pub fn claim(
 
 /// Starts `job` in the current transaction (or session, for a non-transactional job) and
 /// switches to its role. Returns the transaction id its completion must commit in.
-pub fn begin_job(c: &mut impl GenericClient, job: &Job) -> Result<Option<i64>, postgres::Error> {
+pub fn begin_job(
+    c: &mut impl GenericClient,
+    job: &Job,
+    default_timeout: Duration,
+) -> Result<Option<i64>, postgres::Error> {
+    let default_ms = i64::try_from(default_timeout.as_millis()).unwrap_or(i64::MAX);
     let row = c.query_one(
-        "SELECT broker_run($1, $2, $3)",
-        &[&job.id, &job.attempt, &job.transactional],
+        "SELECT broker_run($1, $2, $3, $4)",
+        &[&job.id, &job.attempt, &job.transactional, &default_ms],
     )?;
     Ok(row.get(0))
 }
+
 
 /// Records how an attempt ended; returns the job's status afterwards.
 pub fn finish_job(
@@ -314,4 +320,25 @@ pub fn status_report(c: &mut Client) -> Result<Vec<String>, postgres::Error> {
         ));
     }
     Ok(lines)
+}
+
+/// Cancels the statements of running jobs whose cancel was asked for; returns how many.
+pub fn deliver_cancels(c: &mut Client) -> Result<i32, postgres::Error> {
+    Ok(c.query_one("SELECT broker_deliver_cancels()", &[])?.get(0))
+}
+
+/// Deletes one batch of finished jobs past retention (a zero duration keeps them); returns
+/// how many rows went.
+pub fn purge(
+    c: &mut Client,
+    completed: Duration,
+    failed: Duration,
+    batch: u32,
+) -> Result<i32, postgres::Error> {
+    let secs = |d: Duration| (!d.is_zero()).then(|| format!("{} seconds", d.as_secs_f64()));
+    let row = c.query_one(
+        "SELECT broker_purge($1::text::interval, $2::text::interval, $3)",
+        &[&secs(completed), &secs(failed), &(batch.min(i32::MAX as u32) as i32)],
+    )?;
+    Ok(row.get(0))
 }

@@ -7,7 +7,10 @@ use crate::error::Error;
 
 /// Migrations in order; migration `i` (0-based) brings the schema to version `i + 1`.
 /// Never edit a released one: add the next file instead.
-pub const MIGRATIONS: &[&str] = &[include_str!("../sql/001_core.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../sql/001_core.sql"),
+    include_str!("../sql/002_dependencies_cancel_timeout.sql"),
+];
 
 /// The schema version this binary runs with.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -18,6 +21,8 @@ const TABLES: &[&str] = &[
     "broker_jobs",
     "broker_queueinstance",
     "broker_schedule",
+    "broker_job_dependencies",
+    "broker_cancel_requests",
 ];
 const FUNCTIONS: &[&str] = &[
     "broker_add_job",
@@ -29,6 +34,9 @@ const FUNCTIONS: &[&str] = &[
     "broker_shutdown_instance",
     "broker_recover",
     "broker_holds_instance_lock",
+    "broker_cancel_job",
+    "broker_deliver_cancels",
+    "broker_purge",
 ];
 
 /// Serializes concurrent installers on one database.

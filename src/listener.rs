@@ -23,6 +23,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// How soon to poll again while a dead instance's jobs are still locked.
 const ORPHAN_RECHECK: Duration = Duration::from_secs(1);
 
+/// Retention batches per poll, so a large backlog is worked off without stalling the listener.
+const MAX_PURGE_BATCHES_PER_POLL: usize = 10;
+
 /// Notifications handled per tick at most, so a flood cannot starve the poll and heartbeat.
 const MAX_NOTIFICATIONS_PER_TICK: usize = 1000;
 
@@ -117,21 +120,27 @@ fn serve(
             }
             next_ping = now + HEARTBEAT_INTERVAL;
         }
+        let mut cancel_asked = false;
         {
             let mut notifications = client.notifications();
             let mut iter = notifications
                 .timeout_iter(TICK)
                 .take(MAX_NOTIFICATIONS_PER_TICK);
             while let Some(n) = iter.next()? {
-                match n.payload().parse::<i32>() {
-                    Ok(queue) => wake(shared, wakers, queue, warned_queues),
-                    Err(_) => log::debug!(
-                        "database {}: ignoring notification {:?}",
-                        shared.db.name,
-                        n.payload()
-                    ),
+                match n.payload() {
+                    "cancel" => cancel_asked = true,
+                    payload => match payload.parse::<i32>() {
+                        Ok(queue) => wake(shared, wakers, queue, warned_queues),
+                        Err(_) => log::debug!(
+                            "database {}: ignoring notification {payload:?}",
+                            shared.db.name
+                        ),
+                    },
                 }
             }
+        }
+        if cancel_asked {
+            db::deliver_cancels(client)?;
         }
         if client.is_closed() {
             return Err(Interrupted::Connection("connection closed".into()));
@@ -162,7 +171,27 @@ fn poll(
     for queue in db::orphan_queues(client, wakers.len() as i32)? {
         wake(shared, wakers, queue, warned_queues);
     }
+    // A cancel whose notification was missed still arrives, one poll late.
+    db::deliver_cancels(client)?;
+    purge(shared, client)?;
     db::orphans_left(client, instance.id)
+}
+
+/// Deletes finished jobs past their retention, a batch at a time, a bounded amount per poll.
+fn purge(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
+    let s = &shared.settings;
+    let mut total = 0;
+    for _ in 0..MAX_PURGE_BATCHES_PER_POLL {
+        let n = db::purge(client, s.retention_completed, s.retention_failed, s.retention_batch_size)?;
+        total += n;
+        if n < s.retention_batch_size as i32 {
+            break;
+        }
+    }
+    if total > 0 {
+        log::info!("database {}: retention deleted {total} finished job(s)", shared.db.name);
+    }
+    Ok(())
 }
 
 /// Wakes the workers of `queue`; a full channel already holds enough wake-ups.

@@ -139,7 +139,7 @@ fn run_in_transaction(
 ) -> Result<Option<Outcome>, postgres::Error> {
     let mut tx = c.transaction()?;
     let result = (|| {
-        let xid = db::begin_job(&mut tx, job)?;
+        let xid = db::begin_job(&mut tx, job, shared.settings.default_job_timeout)?;
         tx.batch_execute(&job.sql())?;
         tx.batch_execute("RESET ROLE")?;
         db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
@@ -166,7 +166,7 @@ fn run_in_session(
     job: &Job,
     shared: &Shared,
 ) -> Result<Option<Outcome>, postgres::Error> {
-    let result = db::begin_job(c, job).and_then(|_| c.batch_execute(&job.sql()));
+    let result = db::begin_job(c, job, shared.settings.default_job_timeout).and_then(|_| c.batch_execute(&job.sql()));
     match result {
         Ok(()) => Ok(Some(Outcome::Completed)),
         Err(e) if db::is_statement_error(&e) => {

@@ -98,7 +98,7 @@ fn libpq_environment_is_used_without_a_config_file() {
     assert_eq!(
         db.value("SELECT count(*) FROM broker_schema_version")
             .as_deref(),
-        Some("1")
+        Some(schema_versions().as_str())
     );
 }
 

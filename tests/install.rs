@@ -34,7 +34,8 @@ fn install_verify_and_reinstall() {
 
     let out = cli(&db, &["install"]);
     assert!(out.status.success(), "{}", out.stderr);
-    assert!(out.stdout.contains("version 0 -> 1"), "{}", out.stdout);
+    let expected = format!("version 0 -> {}", pgsql_broker::install::SCHEMA_VERSION);
+    assert!(out.stdout.contains(&expected), "{}", out.stdout);
 
     let out = cli(&db, &["install", "--verify-only"]);
     assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
@@ -53,7 +54,7 @@ fn install_verify_and_reinstall() {
     assert_eq!(
         db.value("SELECT count(*) FROM broker_schema_version")
             .as_deref(),
-        Some("1")
+        Some(schema_versions().as_str())
     );
 }
 
@@ -111,6 +112,37 @@ fn concurrent_installs_serialize() {
     assert_eq!(
         db.value("SELECT count(*) FROM broker_schema_version")
             .as_deref(),
-        Some("1")
+        Some(schema_versions().as_str())
     );
+}
+
+/// A database at schema version 1 with a queued job is upgraded in place; the job survives
+/// and runs.
+#[test]
+fn upgrade_from_version_1_keeps_jobs() {
+    let db = TestDb::new();
+    let mut c = db.client();
+    let mut tx = c.transaction().expect("tx");
+    tx.batch_execute(
+        "CREATE TABLE broker_schema_version (version integer PRIMARY KEY,
+                                             installed_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .expect("version table");
+    tx.batch_execute(pgsql_broker::install::MIGRATIONS[0]).expect("version 1");
+    tx.batch_execute("INSERT INTO broker_schema_version VALUES (1)").expect("record");
+    tx.commit().expect("commit");
+    let old = db.add_job("broker_add_job('from v1', 'SELECT 1', 1, 5)");
+
+    let out = cli(&db, &["start"]);
+    assert_eq!(out.status.code(), Some(1), "start must not upgrade on its own: {}", out.stderr);
+    assert!(out.stderr.contains("pgsql-broker install"), "{}", out.stderr);
+
+    let out = cli(&db, &["install"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let expected = format!("version 1 -> {}", pgsql_broker::install::SCHEMA_VERSION);
+    assert!(out.stdout.contains(&expected), "{}", out.stdout);
+    assert!(cli(&db, &["install", "--verify-only"]).status.success());
+    let config = db.config("", "");
+    let _broker = BrokerProcess::start_serving(&db, &config);
+    db.wait_status(old, "completed");
 }

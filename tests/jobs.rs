@@ -223,7 +223,7 @@ fn run_as_needs_membership() {
     db.install();
     let (alice, bob) = (format!("{}_alice", db.name), format!("{}_bob", db.name));
     db.exec(&format!("CREATE ROLE {alice}; CREATE ROLE {bob};
-                      GRANT EXECUTE ON FUNCTION broker_add_job(text, text, integer, integer, text, name, text, bigint, timestamptz, integer, interval, boolean) TO {alice};
+                      GRANT EXECUTE ON FUNCTION broker_add_job TO {alice};
                       GRANT SELECT, INSERT ON broker_jobs TO {alice}"));
     let mut c = db.client();
     c.batch_execute(&format!("SET ROLE {alice}"))

@@ -161,6 +161,11 @@ impl Drop for TestDb {
     }
 }
 
+/// How many rows `broker_schema_version` holds after a full install.
+pub fn schema_versions() -> String {
+    pgsql_broker::install::SCHEMA_VERSION.to_string()
+}
+
 /// An error with the server's message, for test failure output.
 pub fn explain(e: &postgres::Error) -> String {
     match e.as_db_error() {
