@@ -2,16 +2,16 @@
 //! and drained together.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use postgres::CancelToken;
 
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
 use crate::db::{self, Pool};
 use crate::error::Error;
-use crate::install;
 use crate::instance::Instance;
 use crate::{listener, worker};
 
@@ -36,46 +36,90 @@ impl StopHandle {
 }
 
 impl Broker {
-    /// Installs a missing schema, registers as each database's active instance and starts the
-    /// listeners and workers. Fails if any database cannot be served (the others are stopped).
+    /// Starts a listener and workers per database. Each listener connects, installs a missing
+    /// schema and registers as the database's active instance, all databases at once; this
+    /// returns when each has made its first try:
+    ///
+    /// - a database that cannot be reached is retried in the background (every
+    ///   `notify_retry_seconds`, with backoff) while the others are served, unless no database
+    ///   at all could be reached: then this fails with the first one's error, as a wrong host
+    ///   or password is the likely cause;
+    /// - a database held by another live instance makes this fail naming that instance, unless
+    ///   `broker.standby` is set: then its listener waits and takes over when it comes free;
+    /// - a server in recovery is not served; its listener checks again until it is promoted;
+    /// - an unusable schema or setting makes this fail.
+    ///
+    /// On failure everything started is stopped again.
     pub fn start(config: Config) -> Result<Broker, Error> {
         config.validate()?;
+        let process = Arc::new(Process {
+            standby: config.broker.standby,
+            databases: config.databases.len(),
+            served: AtomicUsize::new(0),
+            last_hand_over: Mutex::new(None),
+        });
         let mut broker = Broker {
             stop: StopHandle::default(),
             threads: Vec::new(),
             databases: Vec::new(),
         };
+        let mut first_tries = Vec::new();
         for db in &config.databases {
-            if let Err(e) = broker.start_database(db, &config.broker) {
-                broker.stop();
-                // The started databases drain; their errors matter less than this one.
-                let _ = broker.wait();
-                return Err(e);
+            match broker.start_database(db, &config.broker, &process) {
+                Ok(first) => first_tries.push((db.name.clone(), first)),
+                Err(e) => return Err(broker.abort(e)),
             }
         }
-        Ok(broker)
+        let mut reached = false;
+        let mut unreachable = None;
+        let mut refused = None;
+        for (name, first) in first_tries {
+            match first.recv() {
+                Ok(Started::Serving | Started::Waiting | Started::InRecovery) => reached = true,
+                Ok(Started::Unreachable(e)) => {
+                    unreachable.get_or_insert(e);
+                }
+                Ok(Started::Refused(e)) => {
+                    refused.get_or_insert(e);
+                }
+                Err(mpsc::RecvError) => {
+                    refused.get_or_insert(Error::Runtime(format!(
+                        "database {name}: the listener ended before its first connection try"
+                    )));
+                }
+            }
+        }
+        if let Some(e) = refused {
+            return Err(broker.abort(e));
+        }
+        match unreachable {
+            Some(e) if !reached => Err(broker.abort(e)),
+            _ => Ok(broker),
+        }
     }
 
+    /// Stops what was started and hands back the error that made starting fail.
+    fn abort(self, e: Error) -> Error {
+        self.stop();
+        // The started databases drain; their errors matter less than this one.
+        let _ = self.wait();
+        e
+    }
+
+    /// Starts the workers and listener of one database; the receiver gets the outcome of the
+    /// listener's first try.
     fn start_database(
         &mut self,
         db: &DatabaseConfig,
         settings: &BrokerConfig,
-    ) -> Result<(), Error> {
-        let mut client = db::connect(db)?;
-        install::ensure(&mut client, db)?;
-        let instance = Instance::register(&mut client, db, &settings.name)?;
-        log::info!(
-            "database {}: serving as instance {} ({} queues, {} worker(s) each)",
-            db.name,
-            instance.id,
-            db.queue_count,
-            settings.workers_per_queue
-        );
+        process: &Arc<Process>,
+    ) -> Result<mpsc::Receiver<Started>, Error> {
         let shared = Arc::new(Shared {
             db: db.clone(),
             settings: settings.clone(),
-            pool: db::pool(db),
-            instance: AtomicI64::new(instance.id),
+            pool: db::try_pool(db)?,
+            instance: AtomicI64::new(0),
+            process: process.clone(),
             stop: self.stop.clone(),
             running: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
@@ -95,12 +139,13 @@ impl Broker {
             }
         }
         drop(done_tx);
+        let (first_tx, first_rx) = mpsc::channel();
         let listener_shared = shared.clone();
-        self.spawn(format!("listener {}", db.name), move || {
-            listener::run(listener_shared, client, instance, wakers, done_rx)
-        })?;
         self.databases.push(shared);
-        Ok(())
+        self.spawn(format!("listener {}", db.name), move || {
+            listener::run(listener_shared, wakers, done_rx, first_tx)
+        })?;
+        Ok(first_rx)
     }
 
     fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
@@ -152,13 +197,60 @@ impl Broker {
     }
 }
 
+/// How a listener's first try went, for `Broker::start`.
+pub(crate) enum Started {
+    Serving,
+    /// Held by another instance; this standby waits for it.
+    Waiting,
+    /// The server is a standby; the listener waits for its promotion.
+    InRecovery,
+    /// Not reachable now; the listener keeps trying.
+    Unreachable(Error),
+    /// Must not or cannot be served: another instance holds it (without standby), or the
+    /// schema or a setting is unusable.
+    Refused(Error),
+}
+
+/// What the databases of one broker process share: whether it runs in standby mode and how
+/// many databases it serves, to share them out with other standby processes.
+pub(crate) struct Process {
+    pub standby: bool,
+    /// Databases configured in this process.
+    pub databases: usize,
+    /// Databases this process is the active instance of now.
+    served: AtomicUsize,
+    /// When this process last began handing a database over to another process.
+    last_hand_over: Mutex<Option<Instant>>,
+}
+
+impl Process {
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// True (and noted) if no hand-over began within `cooldown`: one at a time, so the counts
+    /// other processes see settle before the next move.
+    pub fn begin_hand_over(&self, cooldown: Duration) -> bool {
+        let mut last = self
+            .last_hand_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < cooldown) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
 /// What the listener and workers of one database share.
 pub(crate) struct Shared {
     pub db: DatabaseConfig,
     pub settings: BrokerConfig,
     pub pool: Pool,
-    /// The instance id, 0 while the listener has none (reconnecting or lost).
+    /// The instance id, 0 while the listener has none (connecting, waiting or handing over).
     instance: AtomicI64,
+    pub process: Arc<Process>,
     stop: StopHandle,
     /// Jobs running now, by worker slot, with what cancels them.
     running: Mutex<HashMap<usize, (i64, CancelToken)>>,
@@ -187,9 +279,32 @@ impl Shared {
         Some(self.instance.load(Ordering::SeqCst)).filter(|&id| id != 0)
     }
 
+    /// Publishes the instance the workers claim for (None: claim nothing) and keeps the
+    /// process's count of served databases.
     pub fn set_instance(&self, instance: Option<Instance>) {
-        self.instance
-            .store(instance.map_or(0, |i| i.id), Ordering::SeqCst);
+        let new = instance.map_or(0, |i| i.id);
+        let old = self.instance.swap(new, Ordering::SeqCst);
+        match (old, new) {
+            (0, n) if n != 0 => {
+                self.process.served.fetch_add(1, Ordering::SeqCst);
+            }
+            (o, 0) if o != 0 => {
+                self.process.served.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sleeps up to `d`, returning early on shutdown.
+    pub fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.is_stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<usize, (i64, CancelToken)>> {
@@ -213,7 +328,7 @@ impl Shared {
     pub fn cancel_running(&self) -> usize {
         let running: Vec<(i64, CancelToken)> = self.running().values().cloned().collect();
         for (job, token) in &running {
-            if let Err(e) = token.cancel_query(postgres::NoTls) {
+            if let Err(e) = db::cancel(&self.db, token) {
                 log::warn!("database {}: cannot cancel job {job}: {e}", self.db.name);
             }
         }

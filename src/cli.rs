@@ -10,7 +10,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ENV_PREFIX};
 use crate::db::{self, describe, NewJob};
 use crate::error::Error;
-use crate::{install, logging, shutdown};
+use crate::{cron, install, logging, shutdown};
 
 /// A job broker for PostgreSQL: jobs are rows in broker_jobs, the broker runs their SQL.
 #[derive(FromArgs, Debug)]
@@ -39,12 +39,19 @@ enum Command {
     Install(InstallCmd),
     Status(StatusCmd),
     Add(AddCmd),
+    Schedule(ScheduleCmd),
 }
 
 /// Run the broker until SIGTERM/SIGINT (installs the schema first if it is missing).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "start")]
-struct StartCmd {}
+struct StartCmd {
+    /// wait for databases another broker instance holds and take them over when it dies
+    /// (instead of exiting); several standby processes share their databases out
+    /// (same as broker.standby: true)
+    #[argh(switch)]
+    standby: bool,
+}
 
 /// Install or upgrade the schema, in one transaction per database.
 #[derive(FromArgs, Debug)]
@@ -123,9 +130,13 @@ pub fn main(args: &[String]) -> i32 {
         return 0;
     }
     let Some(command) = cli.command.as_ref() else {
-        eprintln!("pgsql-broker: a command is required: start, install, status or add\nRun pgsql-broker --help for usage.");
+        eprintln!("pgsql-broker: a command is required: start, install, status, add or schedule\nRun pgsql-broker --help for usage.");
         return 2;
     };
+    // Checking an expression needs neither a configuration nor a database.
+    if let Command::Schedule(cmd) = command {
+        return schedule(cmd);
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -137,11 +148,19 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("pgsql-broker: {e}");
         return 1;
     }
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let result = match command {
-        Command::Start(_) => start(config),
+        Command::Start(cmd) => {
+            let mut config = config;
+            config.broker.standby |= cmd.standby;
+            start(config)
+        }
         Command::Install(cmd) => run_install(&config, cmd),
         Command::Status(cmd) => status(&config, cmd.database.as_deref()),
         Command::Add(cmd) => add(&config, cmd),
+        Command::Schedule(cmd) => Ok(schedule(cmd)),
     };
     match result {
         Ok(code) => code,
@@ -178,6 +197,11 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 }
 
 fn start(config: Config) -> Result<i32, Error> {
+    // A panic is a bug; it goes to the log with the rest, where the operator looks. The
+    // worker that panicked fails its job and carries on (see worker.rs).
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("internal error (a bug): {info}")
+    }));
     let broker = Broker::start(config)?;
     shutdown::install(broker.stop_handle())
         .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
@@ -274,4 +298,76 @@ fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
             source,
         }),
     }
+}
+
+/// Work with schedule expressions (no database needed).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "schedule")]
+struct ScheduleCmd {
+    #[argh(subcommand)]
+    command: ScheduleCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum ScheduleCommand {
+    Next(ScheduleNextCmd),
+}
+
+/// Print the next fire times of a cron expression, one RFC 3339 time per line.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "next")]
+struct ScheduleNextCmd {
+    /// the expression: 5 fields (minute hour day-of-month month day-of-week), 6 with a
+    /// leading second, @hourly/@daily/@weekly/@monthly/@yearly, or @every 90s
+    #[argh(positional)]
+    expr: String,
+    /// IANA time zone the expression is read in (default UTC)
+    #[argh(option, default = "String::from(\"UTC\")")]
+    tz: String,
+    /// how many fire times to print (default 5)
+    #[argh(option, default = "5")]
+    count: usize,
+    /// list fire times strictly after this time: RFC 3339, or a wall time in --tz such as
+    /// "2026-03-29 01:00" (default: now)
+    #[argh(option)]
+    after: Option<String>,
+}
+
+/// Most fire times `schedule next --count` prints; more is a typo, not a use.
+const MAX_SCHEDULE_COUNT: usize = 10_000;
+
+fn schedule(cmd: &ScheduleCmd) -> i32 {
+    let ScheduleCommand::Next(next) = &cmd.command;
+    match schedule_next(next) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("pgsql-broker: {e}");
+            2
+        }
+    }
+}
+
+fn schedule_next(cmd: &ScheduleNextCmd) -> Result<Vec<String>, String> {
+    if cmd.count == 0 || cmd.count > MAX_SCHEDULE_COUNT {
+        return Err(format!(
+            "--count {} is out of range 1-{MAX_SCHEDULE_COUNT}",
+            cmd.count
+        ));
+    }
+    let cron = cron::Cron::parse(&cmd.expr).map_err(|e| e.to_string())?;
+    let tz = cron::parse_timezone(&cmd.tz).map_err(|e| format!("--tz: {e}"))?;
+    let after = match &cmd.after {
+        Some(text) => cron::parse_instant(text, tz).map_err(|e| format!("--after: {e}"))?,
+        None => std::time::SystemTime::now().into(),
+    };
+    let times = cron
+        .upcoming(after, tz, cmd.count)
+        .map_err(|e| e.to_string())?;
+    Ok(times.iter().map(cron::format_time).collect())
 }

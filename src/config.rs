@@ -25,6 +25,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Problems worth a warning that do not stop the broker (e.g. a config file others can read
+    /// that holds a password). Loading happens before logging is set up, so the caller logs them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// One database the broker serves.
@@ -41,10 +45,23 @@ pub struct DatabaseConfig {
     pub database: String,
     #[serde(default = "default_user")]
     pub user: String,
+    /// The password; else `password_file`, else the pgpass file (see [`DatabaseConfig::find_password`]).
     #[serde(default)]
     pub password: Option<Secret>,
+    /// A file whose first line is the password, e.g. a systemd credential or a mounted secret.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     #[serde(default)]
     pub sslmode: SslMode,
+    /// CA certificate(s) (PEM) that vouch for the server; `system` for the system's CA bundle.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the server, with `sslkey`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// Private key (PEM, unencrypted) of `sslcert`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     #[serde(default = "default_max_open_conns")]
     pub max_open_conns: u32,
     #[serde(default = "default_max_idle_conns")]
@@ -97,6 +114,10 @@ pub struct BrokerConfig {
     pub retention_failed: Duration,
     /// Rows deleted per statement, so retention never holds long locks.
     pub retention_batch_size: u32,
+    /// Wait for databases another broker instance holds and take them over when it dies,
+    /// instead of refusing to start. Several processes with `standby: true` and the same
+    /// databases share them out (see README, "Failover and sharing").
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,7 +146,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// libpq's `sslmode`. The modes beyond `prefer` need a TLS connector, which is not built in yet.
+/// libpq's `sslmode`; what each mode checks is described in [`crate::tls`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
@@ -136,6 +157,20 @@ pub enum SslMode {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+impl SslMode {
+    /// The mode as written in the config, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// A password: deserializes like a string, never prints.
@@ -199,6 +234,39 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A problem with one database setting, before it is known where the setting came from:
+/// `key` is the bare key (e.g. `password_file`), which the caller places.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: &'static str, message: impl Into<String>) -> KeyError {
+        KeyError {
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// As a config error naming `prefix.key`, e.g. `databases[0].sslrootcert`.
+    pub fn at(self, prefix: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key: format!("{prefix}.{}", self.key),
+            message: self.message,
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
 fn default_host() -> String {
     "localhost".into()
 }
@@ -240,6 +308,7 @@ impl Default for BrokerConfig {
             retention_completed: Duration::from_secs(7 * 86_400),
             retention_failed: Duration::from_secs(30 * 86_400),
             retention_batch_size: 1000,
+            standby: false,
         }
     }
 }
@@ -264,7 +333,11 @@ impl DatabaseConfig {
             database,
             user: default_user(),
             password: None,
+            password_file: None,
             sslmode: SslMode::default(),
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             max_open_conns: default_max_open_conns(),
             max_idle_conns: default_max_idle_conns(),
             conn_max_lifetime: default_conn_max_lifetime(),
@@ -300,6 +373,9 @@ impl DatabaseConfig {
                 message,
             })?;
         }
+        db.sslrootcert = get("PGSSLROOTCERT").map(PathBuf::from);
+        db.sslcert = get("PGSSLCERT").map(PathBuf::from);
+        db.sslkey = get("PGSSLKEY").map(PathBuf::from);
         Ok(db)
     }
 }
@@ -311,6 +387,7 @@ impl Config {
             databases,
             broker: BrokerConfig::default(),
             logging: LoggingConfig::default(),
+            warnings: Vec::new(),
         }
     }
 
@@ -338,6 +415,16 @@ impl Config {
             message,
         })?;
         config.fill_names();
+        if config.databases.iter().any(|db| db.password.is_some()) {
+            if let Some(mode) = readable_by_others(path) {
+                config.warnings.push(format!(
+                    "config file {} holds a password and other users can read it (mode {mode:04o}): \
+                     chmod o-rwx it, or move the password to password_file, ~/.pgpass or \
+                     {ENV_PREFIX}DB_<NAME>_PASSWORD",
+                    path.display()
+                ));
+            }
+        }
         Ok(config)
     }
 
@@ -353,7 +440,30 @@ impl Config {
         };
         config.apply_env(env)?;
         config.validate()?;
+        config.check_files(env)?;
         Ok(config)
+    }
+
+    /// Reads what each database will connect with (certificates, key, password file, pgpass),
+    /// so that a bad file is a configuration error at start, naming its key, and a pgpass file
+    /// others can read is a warning. Connections read the files again: a rotated password file
+    /// is picked up by new connections.
+    pub fn check_files(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let pgpass = pgpass_path(|var| env.get(var).cloned());
+        for (i, db) in self.databases.iter().enumerate() {
+            let prefix = format!("databases[{i}]");
+            crate::tls::MakeTls::new(db).map_err(|e| e.at(&prefix))?;
+            let found = db
+                .find_password(pgpass.as_deref())
+                .map_err(|e| e.at(&prefix))?;
+            self.warnings.extend(
+                found
+                    .warnings
+                    .into_iter()
+                    .map(|w| format!("database {}: {w}", db.name)),
+            );
+        }
+        Ok(())
     }
 
     fn fill_names(&mut self) {
@@ -448,15 +558,6 @@ impl Config {
             if db.max_open_conns == 0 {
                 return invalid(key("max_open_conns"), "must be at least 1");
             }
-            if !matches!(
-                db.sslmode,
-                SslMode::Disable | SslMode::Allow | SslMode::Prefer
-            ) {
-                return invalid(
-                    key("sslmode"),
-                    "require, verify-ca and verify-full need TLS support, which this build lacks",
-                );
-            }
         }
         Ok(())
     }
@@ -489,6 +590,7 @@ impl BrokerConfig {
             "retention_completed" => self.retention_completed = parse_duration(v)?,
             "retention_failed" => self.retention_failed = parse_duration(v)?,
             "retention_batch_size" => self.retention_batch_size = parse_scalar(v)?,
+            "standby" => self.standby = parse_scalar(v)?,
             _ => return Err(format!("unknown broker key {key:?}")),
         }
         Ok(())
@@ -515,7 +617,11 @@ impl DatabaseConfig {
             "database" => self.database = v.to_string(),
             "user" => self.user = v.to_string(),
             "password" => self.password = Some(Secret(v.to_string())),
+            "password_file" => self.password_file = Some(PathBuf::from(v)),
             "sslmode" => self.sslmode = parse_scalar(v)?,
+            "sslrootcert" => self.sslrootcert = Some(PathBuf::from(v)),
+            "sslcert" => self.sslcert = Some(PathBuf::from(v)),
+            "sslkey" => self.sslkey = Some(PathBuf::from(v)),
             "max_open_conns" => self.max_open_conns = parse_scalar(v)?,
             "max_idle_conns" => self.max_idle_conns = parse_scalar(v)?,
             "conn_max_lifetime" => self.conn_max_lifetime = parse_duration(v)?,
@@ -524,6 +630,217 @@ impl DatabaseConfig {
             _ => return Err(format!("unknown database key {key:?}")),
         }
         Ok(())
+    }
+}
+
+/// A password found for a database, and what to warn about on the way.
+#[derive(Debug, Default)]
+pub struct FoundPassword {
+    pub password: Option<Secret>,
+    /// Where it came from, for debug logs: `password`, `password_file` or the pgpass path.
+    pub source: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl DatabaseConfig {
+    /// The password to connect with, in this order: `password` (from the config file or
+    /// `PGSQL_BROKER_DB_<NAME>_PASSWORD`; `PGPASSWORD` without a config file), then
+    /// `password_file`, then the pgpass file `pgpass` (libpq's `~/.pgpass` or `PGPASSFILE`).
+    /// An empty password counts as none, as in libpq. Errors name the key, never the password.
+    pub fn find_password(&self, pgpass: Option<&Path>) -> Result<FoundPassword, KeyError> {
+        let mut found = FoundPassword::default();
+        if let Some(p) = self.password.as_ref().filter(|p| !p.0.is_empty()) {
+            found.password = Some(p.clone());
+            found.source = Some("password".into());
+            return Ok(found);
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                KeyError::new(
+                    "password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let first = text.lines().next().unwrap_or("");
+            if first.is_empty() {
+                return Err(KeyError::new(
+                    "password_file",
+                    format!("{}: the first line (the password) is empty", path.display()),
+                ));
+            }
+            if let Some(mode) = readable_by_others(path) {
+                found.warnings.push(format!(
+                    "password_file {} can be read by other users (mode {mode:04o}); chmod o-rwx it",
+                    path.display()
+                ));
+            }
+            found.password = Some(Secret(first.to_string()));
+            found.source = Some("password_file".into());
+            return Ok(found);
+        }
+        let Some(path) = pgpass else {
+            return Ok(found);
+        };
+        match pgpass_usable(path) {
+            Ok(true) => {}
+            Ok(false) => return Ok(found),
+            Err(warning) => {
+                found.warnings.push(warning);
+                return Ok(found);
+            }
+        }
+        // Unreadable (e.g. permission denied): libpq goes on without it, and so do we.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            found.warnings.push(format!(
+                "password file {} cannot be read; not used",
+                path.display()
+            ));
+            return Ok(found);
+        };
+        let host = pgpass_host(&self.host);
+        if let Some(p) = pgpass_lookup(&text, host, self.port, &self.database, &self.user) {
+            found.password = Some(p);
+            found.source = Some(path.display().to_string());
+        }
+        Ok(found)
+    }
+}
+
+/// The pgpass file libpq would read: `PGPASSFILE`, else `~/.pgpass`.
+pub fn pgpass_path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(p) = env("PGPASSFILE").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".pgpass"))
+}
+
+/// The host as pgpass lines name it: libpq matches a Unix socket in the default directory (and
+/// an empty host) as `localhost`.
+fn pgpass_host(host: &str) -> &str {
+    match host {
+        "" | "/var/run/postgresql" | "/run/postgresql" | "/tmp" => "localhost",
+        h => h,
+    }
+}
+
+/// Ok(false) when there is no such file; Err(warning) when libpq would ignore it.
+fn pgpass_usable(path: &Path) -> Result<bool, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(format!(
+                "password file {} cannot be read ({e}); not used",
+                path.display()
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Err(format!(
+            "password file {} is not a plain file; not used",
+            path.display()
+        ));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "password file {} has group or world access (mode {mode:04o}); permissions \
+                 should be u=rw (0600) or less; not used",
+                path.display()
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// The password of the first pgpass line (`host:port:database:user:password`) that matches.
+/// A field that is exactly `*` matches anything; `\:` and `\\` stand for `:` and `\`.
+pub fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Option<Secret> {
+    let port = port.to_string();
+    let wanted = [host, port.as_str(), database, user];
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((fields, password)) = pgpass_fields(line) else {
+            continue;
+        };
+        let matches = fields.iter().zip(wanted).all(|(field, want)| match field {
+            None => true,
+            Some(f) => f == want,
+        });
+        if matches {
+            // libpq uses the first matching line, even when its password is empty.
+            return Some(Secret(password)).filter(|p| !p.0.is_empty());
+        }
+    }
+    None
+}
+
+/// Splits a pgpass line into its four match fields (`None` for the `*` wildcard) and the
+/// password, unescaping as libpq does. Lines with fewer than five fields match nothing.
+fn pgpass_fields(line: &str) -> Option<([Option<String>; 4], String)> {
+    let mut fields: Vec<Option<String>> = Vec::with_capacity(4);
+    let mut current = String::new();
+    let mut escaped_any = false;
+    let mut chars = line.chars();
+    while fields.len() < 4 {
+        match chars.next()? {
+            '\\' => {
+                // A trailing backslash stands for itself.
+                current.push(chars.next().unwrap_or('\\'));
+                escaped_any = true;
+            }
+            ':' => {
+                // Only an unescaped, lone `*` is the wildcard; `\*` is a literal star.
+                let field = std::mem::take(&mut current);
+                fields.push(if field == "*" && !escaped_any {
+                    None
+                } else {
+                    Some(field)
+                });
+                escaped_any = false;
+            }
+            c => current.push(c),
+        }
+    }
+    // The password runs to the end of the line or the next unescaped colon.
+    let mut password = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => password.push(chars.next().unwrap_or('\\')),
+            ':' => break,
+            c => password.push(c),
+        }
+    }
+    let fields: [Option<String>; 4] = fields.try_into().ok()?;
+    Some((fields, password))
+}
+
+/// The file's mode when users outside its owner and group can access it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o007 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -785,6 +1102,192 @@ mod tests {
         assert_eq!(db.password, Some(Secret::new("pw")));
         let e = Config::load(None, &env(&[("PGPORT", "x")])).unwrap_err();
         assert!(e.to_string().contains("PGPORT"));
+    }
+
+    #[test]
+    fn pgpass_wildcards_escapes_and_first_match() {
+        let text = "\
+# comment line:*:*:*:nope
+db.example:5432:app:alice:first
+*:*:app:alice:second
+localhost:*:*:bob:b\\:c\\\\d
+host\\:with\\:colons:6000:*:*:colon-host
+\\*:*:*:carol:literal-star
+*:*:*:*:fallback
+";
+        let look = |h: &str, p: u16, d: &str, u: &str| {
+            pgpass_lookup(text, h, p, d, u).map(|s| s.expose().to_string())
+        };
+        // First matching line wins, even when a later wildcard line matches too.
+        assert_eq!(
+            look("db.example", 5432, "app", "alice").as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            look("other", 5433, "app", "alice").as_deref(),
+            Some("second")
+        );
+        // `\:` is a colon and `\\` a backslash, in the password as in the fields.
+        assert_eq!(look("localhost", 1, "x", "bob").as_deref(), Some("b:c\\d"));
+        assert_eq!(
+            look("host:with:colons", 6000, "x", "y").as_deref(),
+            Some("colon-host")
+        );
+        // An escaped star is a literal star, not a wildcard.
+        assert_eq!(look("*", 1, "x", "carol").as_deref(), Some("literal-star"));
+        assert_eq!(look("h", 1, "x", "carol").as_deref(), Some("fallback"));
+        // The comment is no entry; the port must match as written.
+        assert_eq!(
+            look("db.example", 5433, "app", "alice").as_deref(),
+            Some("second")
+        );
+        assert_eq!(
+            pgpass_lookup("a:1:b:c\n", "a", 1, "b", "c"),
+            None,
+            "4 fields"
+        );
+        assert_eq!(
+            pgpass_lookup("a:1:b:c:pw:extra\r\n", "a", 1, "b", "c").map(|s| s.expose().to_string()),
+            Some("pw".into()),
+            "the password ends at an unescaped colon; CRLF is a line end"
+        );
+        assert_eq!(pgpass_host("/var/run/postgresql"), "localhost");
+        assert_eq!(pgpass_host("db"), "db");
+    }
+
+    #[test]
+    fn password_precedence_config_then_file_then_pgpass() {
+        use std::os::unix::fs::PermissionsExt;
+        let pgpass = write("pgpass", "*:*:*:*:from-pgpass\n");
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pwfile = write("pwfile", "from-file\nsecond line ignored\n");
+        let mut db = DatabaseConfig::new("app");
+        let pw = |db: &DatabaseConfig| {
+            db.find_password(Some(&pgpass))
+                .unwrap()
+                .password
+                .map(|s| s.expose().to_string())
+        };
+        assert_eq!(pw(&db).as_deref(), Some("from-pgpass"));
+        db.password_file = Some(pwfile.clone());
+        assert_eq!(pw(&db).as_deref(), Some("from-file"));
+        db.password = Some(Secret::new("from-config"));
+        assert_eq!(pw(&db).as_deref(), Some("from-config"));
+
+        // An unreadable password_file is an error naming the key, not the password.
+        db.password = None;
+        db.password_file = Some("/nonexistent/pw".into());
+        let e = db.find_password(Some(&pgpass)).unwrap_err();
+        assert_eq!(e.key, "password_file");
+        assert!(e.message.contains("/nonexistent/pw"), "{e}");
+
+        // A pgpass file others can read is ignored with a warning, as libpq does.
+        db.password_file = None;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let found = db.find_password(Some(&pgpass)).unwrap();
+        assert!(found.password.is_none());
+        assert!(
+            found.warnings[0].contains("group or world access"),
+            "{:?}",
+            found.warnings
+        );
+        // No pgpass file at all is quietly no password.
+        let found = db
+            .find_password(Some(Path::new("/nonexistent/pgpass")))
+            .unwrap();
+        assert!(found.password.is_none() && found.warnings.is_empty());
+    }
+
+    #[test]
+    fn pgpassfile_overrides_home() {
+        let vars = env(&[("PGPASSFILE", "/x/pass"), ("HOME", "/home/u")]);
+        assert_eq!(
+            pgpass_path(|v| vars.get(v).cloned()),
+            Some(PathBuf::from("/x/pass"))
+        );
+        let vars = env(&[("HOME", "/home/u")]);
+        assert_eq!(
+            pgpass_path(|v| vars.get(v).cloned()),
+            Some(PathBuf::from("/home/u/.pgpass"))
+        );
+    }
+
+    #[test]
+    fn world_readable_config_with_password_warns() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = write(
+            "open.yaml",
+            "databases:\n  - database: app\n    password: hunter2\n",
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("open.yaml") && c.warnings[0].contains("0644"));
+        assert!(!c.warnings[0].contains("hunter2"));
+        // Group-readable is how packages install it (root:pgsql-broker 0640): no warning.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn tls_keys_parse_and_bad_files_name_their_key() {
+        let path = write(
+            "tls.yaml",
+            "databases:\n  - database: app\n    host: db.example\n    sslmode: verify-full\n    sslrootcert: /nonexistent/ca.pem\n",
+        );
+        let e = Config::load(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("databases[0].sslrootcert") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let path = write(
+            "pwfile.yaml",
+            "databases:\n  - database: app\n    password_file: /nonexistent/pw\n",
+        );
+        let e = Config::load(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("databases[0].password_file"), "{e}");
+        // require without any root certificate encrypts without verifying: no file needed.
+        let path = write(
+            "require.yaml",
+            "databases:\n  - database: app\n    host: db.example\n    sslmode: require\n",
+        );
+        let c = Config::load(Some(&path), &env(&[("HOME", "/nonexistent")])).unwrap();
+        assert_eq!(c.databases[0].sslmode, SslMode::Require);
+        let c = Config::load(
+            Some(&path),
+            &env(&[("PGSQL_BROKER_DB_APP_SSLROOTCERT", "/nonexistent/ca.pem")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(c.contains("sslrootcert"), "{c}");
+    }
+
+    /// A password the parser chokes on must not be quoted back in the error.
+    #[test]
+    fn parse_errors_do_not_quote_passwords() {
+        for (i, text) in [
+            "databases:\n  - database: app\n    password: Zq9-sekrit: x\n",
+            "databases:\n  - database: app\n    password: \"Zq9-sekrit\n",
+            "databases:\n  - database: app\n    password: [Zq9-sekrit]\n",
+            "databases:\n  - database: app\n    password: {Zq9-sekrit: 1}\n",
+            "databases:\n  - database: app\n    password: Zq9-sekrit\n    bogus: 1\n",
+            "databases:\n  - database: app\n    password: Zq9-sekrit\n  port: x\n",
+            "{\"databases\": [{\"database\": \"app\", \"password\": \"Zq9-sekrit\"}",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let path = write(&format!("leak{i}.yaml"), text);
+            match Config::load(Some(&path), &env(&[])) {
+                Ok(c) => assert!(!format!("{c:?}").contains("Zq9-sekrit")),
+                Err(e) => assert!(!e.to_string().contains("Zq9-sekrit"), "{text:?}: {e}"),
+            }
+        }
     }
 
     #[test]

@@ -1,23 +1,35 @@
 //! The database adapter: connections, the pool, and one typed call per broker SQL function.
 //! Everything else reaches PostgreSQL through here.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{CancelToken, Client, GenericClient};
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::config::{DatabaseConfig, SslMode};
+use crate::config::{self, DatabaseConfig, KeyError, Secret};
 use crate::error::Error;
+use crate::tls::{self, MakeTls};
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<PoolManager>;
+pub type PooledClient = r2d2::PooledConnection<PoolManager>;
 
 /// Application name of the broker's own connections; a running job shows its id instead.
 pub const APPLICATION_NAME: &str = "pgsql-broker";
 
-/// The connection parameters of a configured database.
-pub fn pg_config(db: &DatabaseConfig) -> postgres::Config {
+/// The connection parameters of a configured database, with the password found now (config,
+/// `password_file` or pgpass, see [`DatabaseConfig::find_password`]).
+pub fn pg_config(db: &DatabaseConfig) -> Result<postgres::Config, Error> {
+    let mut pg = config_without_password(db);
+    if let Some(password) = password(db)? {
+        pg.password(password.expose());
+    }
+    Ok(pg)
+}
+
+fn config_without_password(db: &DatabaseConfig) -> postgres::Config {
     let mut pg = postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
@@ -26,30 +38,55 @@ pub fn pg_config(db: &DatabaseConfig) -> postgres::Config {
         .application_name(APPLICATION_NAME)
         .connect_timeout(Duration::from_secs(10))
         .keepalives_idle(Duration::from_secs(30))
-        .ssl_mode(match db.sslmode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            // Without a TLS connector the server's plain-text offer is the one we can take.
-            _ => postgres::config::SslMode::Prefer,
-        });
-    if let Some(password) = &db.password {
-        pg.password(password.expose());
-    }
+        .ssl_mode(tls::pg_ssl_mode(db));
     pg
+}
+
+/// A setting of `db` that cannot be used, as a configuration error naming it.
+fn setting_error(db: &DatabaseConfig, e: KeyError) -> Error {
+    Error::Config(e.at(&format!("databases[{}]", db.name)))
+}
+
+fn password(db: &DatabaseConfig) -> Result<Option<Secret>, Error> {
+    let pgpass = config::pgpass_path(|var| std::env::var(var).ok());
+    let found = db
+        .find_password(pgpass.as_deref())
+        .map_err(|e| setting_error(db, e))?;
+    // Config::load already warned once; per connection this would only repeat itself.
+    for warning in &found.warnings {
+        log::debug!("database {}: {warning}", db.name);
+    }
+    if let Some(source) = &found.source {
+        log::trace!("database {}: password from {source}", db.name);
+    }
+    Ok(found.password)
 }
 
 /// A dedicated connection, for the listener and one-off commands (never pooled).
 pub fn connect(db: &DatabaseConfig) -> Result<Client, Error> {
-    pg_config(db)
-        .connect(NoTls)
+    let tls = MakeTls::new(db).map_err(|e| setting_error(db, e))?;
+    pg_config(db)?
+        .connect(tls)
         .map_err(|source| Error::Connect {
             database: db.name.clone(),
             source,
         })
 }
 
-/// The workers' pool. It connects lazily, so a database that is down does not fail the build.
-pub fn pool(db: &DatabaseConfig) -> Pool {
-    let manager = PostgresConnectionManager::new(pg_config(db), NoTls);
+/// The workers' pool. It connects lazily, so a database that is down does not fail the build;
+/// unusable settings (a password file or certificate that cannot be read) do.
+pub fn try_pool(db: &DatabaseConfig) -> Result<Pool, Error> {
+    let tls = MakeTls::new(db).map_err(|e| setting_error(db, e))?;
+    Ok(build_pool(db, pg_config(db)?, tls))
+}
+
+fn build_pool(db: &DatabaseConfig, pg: postgres::Config, tls: MakeTls) -> Pool {
+    let idle = Arc::new(IdleConns::default());
+    let manager = PoolManager {
+        inner: PostgresConnectionManager::new(pg, tls),
+        idle: idle.clone(),
+        max_idle: db.max_idle_conns as usize,
+    };
     r2d2::Pool::builder()
         .max_size(db.max_open_conns)
         .min_idle(Some(0))
@@ -57,7 +94,72 @@ pub fn pool(db: &DatabaseConfig) -> Pool {
         .idle_timeout(Some(db.conn_max_idle_time))
         .connection_timeout(Duration::from_secs(10))
         .error_handler(Box::new(r2d2::NopErrorHandler))
+        .event_handler(Box::new(IdleTracker(idle)))
         .build_unchecked(manager)
+}
+
+/// The connections sitting idle in a pool, by r2d2's connection id.
+#[derive(Debug, Default)]
+struct IdleConns(Mutex<HashSet<u64>>);
+
+impl IdleConns {
+    fn ids(&self) -> MutexGuard<'_, HashSet<u64>> {
+        // A set of ids cannot be left half-changed by a panic.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps [`IdleConns`] current from the pool's events: a new connection and one given back
+/// are idle; one handed out or closed (idle timeout, lifetime, broken) is not.
+#[derive(Debug)]
+struct IdleTracker(Arc<IdleConns>);
+
+impl r2d2::HandleEvent for IdleTracker {
+    fn handle_acquire(&self, e: r2d2::event::AcquireEvent) {
+        self.0.ids().insert(e.connection_id());
+    }
+    fn handle_checkin(&self, e: r2d2::event::CheckinEvent) {
+        self.0.ids().insert(e.connection_id());
+    }
+    fn handle_checkout(&self, e: r2d2::event::CheckoutEvent) {
+        self.0.ids().remove(&e.connection_id());
+    }
+    fn handle_release(&self, e: r2d2::event::ReleaseEvent) {
+        self.0.ids().remove(&e.connection_id());
+    }
+}
+
+/// r2d2_postgres's manager plus `max_idle_conns`, which r2d2 lacks: a connection given back
+/// while more than `max_idle` connections are idle (counting it: r2d2 reports the check-in
+/// before it asks `has_broken`) is closed instead of kept, as Go's database/sql does.
+pub struct PoolManager {
+    inner: PostgresConnectionManager<MakeTls>,
+    idle: Arc<IdleConns>,
+    max_idle: usize,
+}
+
+impl r2d2::ManageConnection for PoolManager {
+    type Connection = Client;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        self.inner.connect()
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), postgres::Error> {
+        self.inner.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        self.inner.has_broken(conn) || self.idle.ids().len() > self.max_idle
+    }
+}
+
+/// Cancels the statement running on the connection `token` came from. The cancel request
+/// travels over a new connection with the database's own TLS settings (a server that insists
+/// on TLS refuses it in plain text).
+pub fn cancel(db: &DatabaseConfig, token: &CancelToken) -> Result<(), postgres::Error> {
+    token.cancel_query(MakeTls::for_database(db))
 }
 
 /// An error as the person at the terminal needs it: SQLSTATE and message, plus detail and hint.
@@ -133,17 +235,85 @@ pub enum Outcome {
 }
 
 /// Registers this process as the database's active instance; see `broker_register_instance`.
+/// `in_flight`: jobs this process's workers still run (under an earlier instance id after a
+/// reconnect), which recovery must leave alone.
 pub fn register_instance(
     c: &mut Client,
     name: &str,
     host: &str,
     version: &str,
+    in_flight: &[i64],
 ) -> Result<i64, postgres::Error> {
     let row = c.query_one(
-        "SELECT broker_register_instance($1, $2, $3, $4)",
-        &[&name, &host, &(std::process::id() as i32), &version],
+        "SELECT broker_register_instance($1, $2, $3, $4, $5)",
+        &[
+            &name,
+            &host,
+            &(std::process::id() as i32),
+            &version,
+            &in_flight,
+        ],
     )?;
     Ok(row.get(0))
+}
+
+/// Who the active instance is, as its row says, for a standby's log line.
+pub fn active_instance(c: &mut Client) -> Result<Option<String>, postgres::Error> {
+    let row = c.query_opt(
+        "SELECT format('instance %s (%L) on host %s, pid %s, last heartbeat %s',
+                       id, name, host, pid, heartbeat_at)
+           FROM broker_queueinstance WHERE status = 'active' ORDER BY id DESC LIMIT 1",
+        &[],
+    )?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// True when the server is a standby (in recovery): it cannot run jobs, and claiming it would
+/// fail on the first write.
+pub fn in_recovery(c: &mut Client) -> Result<bool, postgres::Error> {
+    Ok(c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0))
+}
+
+/// The session advisory lock every standby listener connected to the database holds in shared
+/// mode, so each can count the processes that want to serve it (see [`instance_lock_state`]).
+/// It dies with the connection, like the instance lock.
+const MEMBER_LOCK_KEY: &str = "hashtextextended('pgsql-broker member ' || current_database(), 0)";
+
+pub fn take_member_lock(c: &mut Client) -> Result<(), postgres::Error> {
+    c.batch_execute(&format!(
+        "SELECT pg_advisory_lock_shared({MEMBER_LOCK_KEY})"
+    ))
+}
+
+/// Whether some session holds the instance lock now, and how many standby processes (holders
+/// of the member lock) are connected to the database.
+pub fn instance_lock_state(c: &mut Client) -> Result<(bool, i64), postgres::Error> {
+    let row = c.query_one(
+        &format!(
+            "SELECT coalesce(bool_or(l.mode = 'ExclusiveLock'
+                                     AND l.classid = ((k.instance >> 32) & 4294967295)::oid
+                                     AND l.objid = (k.instance & 4294967295)::oid), false),
+                    count(l.pid) FILTER (WHERE l.mode = 'ShareLock'
+                                         AND l.classid = ((k.member >> 32) & 4294967295)::oid
+                                         AND l.objid = (k.member & 4294967295)::oid)
+               FROM (SELECT broker_instance_lock_key() AS instance, {MEMBER_LOCK_KEY} AS member) k
+               LEFT JOIN pg_locks l
+                 ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        &[],
+    )?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// True while jobs claimed by `instance` are still running (seen by the database, so a claim
+/// that committed but that its worker has not noted yet counts too).
+pub fn instance_has_running(c: &mut Client, instance: i64) -> Result<bool, postgres::Error> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM broker_jobs WHERE status = 'running' AND instance_id = $1)",
+        &[&instance],
+    )?
+    .get(0))
 }
 
 /// The heartbeat. False means the instance is no longer the active one.
@@ -236,7 +406,6 @@ pub fn begin_job(
     )?;
     Ok(row.get(0))
 }
-
 
 /// Records how an attempt ended; returns the job's status afterwards.
 pub fn finish_job(
@@ -338,7 +507,151 @@ pub fn purge(
     let secs = |d: Duration| (!d.is_zero()).then(|| format!("{} seconds", d.as_secs_f64()));
     let row = c.query_one(
         "SELECT broker_purge($1::text::interval, $2::text::interval, $3)",
-        &[&secs(completed), &secs(failed), &(batch.min(i32::MAX as u32) as i32)],
+        &[
+            &secs(completed),
+            &secs(failed),
+            &(batch.min(i32::MAX as u32) as i32),
+        ],
     )?;
     Ok(row.get(0))
+}
+
+/// Makes sure the job's role has its runner (see `broker_prepare_job`). Runs in its own
+/// transaction, before the job's.
+pub fn prepare_job(c: &mut Client, job: &Job) -> Result<Runner, postgres::Error> {
+    let role: u32 = c
+        .query_one("SELECT broker_prepare_job($1)", &[&job.id])?
+        .get(0);
+    Ok(Runner { role })
+}
+
+/// The SECURITY DEFINER function `broker_exec.run_<role oid>` that runs a job's SQL as the
+/// job's role, where the job cannot SET ROLE back to the broker's login.
+#[derive(Debug, Clone, Copy)]
+pub struct Runner {
+    role: u32,
+}
+
+impl Runner {
+    /// Runs `sql` through the runner; the SQL travels as a parameter, never as statement text.
+    pub fn run(&self, c: &mut impl GenericClient, sql: &str) -> Result<(), postgres::Error> {
+        c.execute(
+            &format!("SELECT broker_exec.run_{}($1)", self.role),
+            &[&sql],
+        )
+        .map(drop)
+    }
+}
+
+/// A schedule as the scheduler reads it: one to plan (`next_run` NULL) or one that is due.
+/// Times are the database's, so every broker host agrees on what is due.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub id: i64,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub next_run: Option<std::time::SystemTime>,
+    /// What an `@every` series counts from: the last fire time, else the creation time.
+    pub anchor: std::time::SystemTime,
+    /// The database's now() when the row was read.
+    pub now: std::time::SystemTime,
+}
+
+fn schedule_row(r: &postgres::Row) -> ScheduleRow {
+    ScheduleRow {
+        id: r.get(0),
+        name: r.get(1),
+        cron: r.get(2),
+        timezone: r.get(3),
+        next_run: r.get(4),
+        anchor: r.get(5),
+        now: r.get(6),
+    }
+}
+
+const SCHEDULE_COLUMNS: &str =
+    "id, schedule_name, cron, timezone, next_run, coalesce(last_run, created_at), now()";
+
+/// Enabled schedules that need planning or are due, those to plan first, at most `limit`.
+pub fn schedules_to_run(c: &mut Client, limit: i64) -> Result<Vec<ScheduleRow>, postgres::Error> {
+    let rows = c.query(
+        &format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM broker_schedule
+              WHERE enabled AND (next_run IS NULL OR next_run <= now())
+              ORDER BY next_run NULLS FIRST, id LIMIT $1"
+        ),
+        &[&limit],
+    )?;
+    Ok(rows.iter().map(schedule_row).collect())
+}
+
+/// Stores the first planned fire time of a schedule, unless it was planned or changed meanwhile.
+pub fn plan_schedule(
+    c: &mut Client,
+    id: i64,
+    next_run: std::time::SystemTime,
+) -> Result<(), postgres::Error> {
+    c.execute(
+        "UPDATE broker_schedule SET next_run = $2 WHERE id = $1 AND enabled AND next_run IS NULL",
+        &[&id, &next_run],
+    )
+    .map(drop)
+}
+
+/// Locks a due schedule in the caller's transaction; None if it is no longer due or another
+/// transaction (an operator's edit) holds it, in which case a later poll looks again.
+pub fn lock_due_schedule(
+    c: &mut impl GenericClient,
+    id: i64,
+) -> Result<Option<ScheduleRow>, postgres::Error> {
+    let row = c.query_opt(
+        &format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM broker_schedule
+              WHERE id = $1 AND enabled AND next_run <= now()
+                FOR UPDATE SKIP LOCKED"
+        ),
+        &[&id],
+    )?;
+    Ok(row.as_ref().map(schedule_row))
+}
+
+/// Fires the due time `due` of a locked schedule and moves it on to `next`; see
+/// `broker_fire_schedule`. Returns the new job's id (if any) and the outcome.
+pub fn fire_schedule(
+    c: &mut impl GenericClient,
+    id: i64,
+    due: std::time::SystemTime,
+    next: std::time::SystemTime,
+) -> Result<(Option<i64>, String), postgres::Error> {
+    let row = c.query_one(
+        "SELECT job_id, outcome FROM broker_fire_schedule($1, $2, $3)",
+        &[&id, &due, &next],
+    )?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Switches a schedule off with the reason, for the operator to read in `last_error`.
+pub fn disable_schedule(
+    c: &mut impl GenericClient,
+    id: i64,
+    error: &str,
+) -> Result<(), postgres::Error> {
+    c.execute(
+        "UPDATE broker_schedule SET enabled = false, last_error = $2 WHERE id = $1",
+        &[&id, &error],
+    )
+    .map(drop)
+}
+
+/// How long until the earliest planned fire time (zero if one is already due); None when no
+/// enabled schedule is planned.
+pub fn next_schedule_wait(c: &mut Client) -> Result<Option<Duration>, postgres::Error> {
+    let row = c.query_one(
+        "SELECT extract(epoch FROM min(next_run) - now())::float8
+           FROM broker_schedule WHERE enabled AND next_run IS NOT NULL",
+        &[],
+    )?;
+    let secs: Option<f64> = row.get(0);
+    Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
 }

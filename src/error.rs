@@ -49,7 +49,7 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "database {database}: cannot connect: {}",
-                    describe(source)
+                    crate::tls::describe_connect_error(source)
                 )
             }
             Error::Sql {

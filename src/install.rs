@@ -10,6 +10,9 @@ use crate::error::Error;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../sql/001_core.sql"),
     include_str!("../sql/002_dependencies_cancel_timeout.sql"),
+    include_str!("../sql/003_schedules.sql"),
+    include_str!("../sql/004_failover.sql"),
+    include_str!("../sql/005_privileges.sql"),
 ];
 
 /// The schema version this binary runs with.
@@ -37,6 +40,12 @@ const FUNCTIONS: &[&str] = &[
     "broker_cancel_job",
     "broker_deliver_cancels",
     "broker_purge",
+    "broker_add_schedule",
+    "broker_remove_schedule",
+    "broker_enable_schedule",
+    "broker_disable_schedule",
+    "broker_fire_schedule",
+    "broker_prepare_job",
 ];
 
 /// Serializes concurrent installers on one database.

@@ -19,6 +19,8 @@ pub mod broker;
 pub mod cli;
 /// Configuration: file, environment, flags, libpq defaults.
 pub mod config;
+/// Cron expressions and their fire times in a time zone.
+pub mod cron;
 /// The database adapter: connections, pool, typed calls of the SQL API.
 pub mod db;
 /// The error type.
@@ -31,8 +33,12 @@ pub mod instance;
 mod listener;
 /// Text and JSON log output.
 pub mod logging;
+/// Due schedules become jobs (called from the listener's poll).
+mod scheduler;
 /// SIGTERM/SIGINT handling.
 pub mod shutdown;
+/// TLS for database connections with libpq's sslmode semantics (rustls).
+pub mod tls;
 /// Per queue: claim and run jobs.
 mod worker;
 

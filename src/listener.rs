@@ -3,19 +3,23 @@
 //! for that queue's workers. Every `queue_timer_sec` it polls for ready jobs a notification
 //! missed and recovers jobs left by dead instances; every few seconds it sends the heartbeat.
 //! On shutdown it drains the workers and marks the instance shut down.
+//!
+//! Becoming the active instance (connecting, retrying, waiting as a standby) is the
+//! [`Acquirer`]'s part; when the connection drops the listener hands back to it, and serves
+//! again once it has reconnected and registered: LISTEN again and a poll at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use postgres::error::Severity;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
-use crate::broker::Shared;
+use crate::broker::{Shared, Started};
 use crate::db::{self, describe};
-use crate::error::Error;
-use crate::instance::{Instance, HEARTBEAT_INTERVAL};
+use crate::instance::{self, Acquirer, Instance, HEARTBEAT_INTERVAL};
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
@@ -31,48 +35,105 @@ const MAX_NOTIFICATIONS_PER_TICK: usize = 1000;
 
 /// Why serving on a connection ended.
 enum Interrupted {
+    /// The connection is gone (server restart, terminated backend, network).
     Connection(String),
+    /// A statement of the listener failed on a working connection.
+    Failed(String),
     /// Another instance took over the database; this one must not claim any more.
     Superseded,
+    /// This standby process serves more than its share and another one waits for this
+    /// database (the number of processes that want it).
+    HandOver(i64),
 }
 
 impl From<postgres::Error> for Interrupted {
     fn from(e: postgres::Error) -> Self {
-        Interrupted::Connection(describe(&e))
+        // FATAL (e.g. 57P01 from pg_terminate_backend or a shutdown) arrives as a server error
+        // while the client may not have seen the connection close yet.
+        let gone = e.is_closed()
+            || e.as_db_error().is_none_or(|d| {
+                matches!(d.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
+                    || d.code().code().starts_with("08")
+                    || d.code().code().starts_with("57P")
+            });
+        if gone {
+            Interrupted::Connection(describe(&e))
+        } else {
+            Interrupted::Failed(describe(&e))
+        }
     }
 }
 
-/// Serves the database until shutdown, reconnecting when the connection drops.
+/// Serves the database until shutdown: becomes its active instance (reporting the first try
+/// on `first`), serves, and starts over when the connection drops or, in standby mode, when
+/// the database goes to another process.
 pub(crate) fn run(
     shared: Arc<Shared>,
-    client: Client,
-    instance: Instance,
     wakers: Vec<Sender<()>>,
     done: Receiver<()>,
+    first: std::sync::mpsc::Sender<Started>,
 ) {
     let name = shared.db.name.clone();
-    let mut session = Some((client, instance));
+    let mut acquirer = Acquirer::new(first);
+    let mut session: Option<(Client, Instance)> = None;
     let mut warned_queues = HashSet::new();
     while !shared.is_stopping() {
         let Some((client, instance)) = session.as_mut() else {
-            session = reconnect(&shared);
+            session = acquirer.acquire(&shared);
+            if session.is_none() {
+                // Stopping, or this database must not be served by this process.
+                break;
+            }
             continue;
         };
         match serve(&shared, client, *instance, &wakers, &mut warned_queues) {
             Ok(()) => {}
             Err(Interrupted::Connection(e)) => {
-                log::warn!(
-                    "database {name}: listener connection lost ({e}); reconnecting in {:?}",
-                    shared.settings.notify_retry_seconds
-                );
+                // Running jobs go on on their own connections; nothing new is claimed until
+                // the listener is back (it reconnects at once, then with backoff).
+                log::warn!("database {name}: listener connection lost ({e}); reconnecting");
                 shared.set_instance(None);
                 session = None;
-                pause(&shared, shared.settings.notify_retry_seconds);
+                acquirer.lost();
+            }
+            Err(Interrupted::Failed(e)) => {
+                // Starting over at once could repeat the failure in a tight loop. The session
+                // goes (and with it the lock): a fresh one may fare better, or a standby may.
+                let retry = shared.settings.notify_retry_seconds;
+                log::error!("database {name}: listener failed: {e}; starting over in {retry:?}");
+                shared.set_instance(None);
+                session = None;
+                acquirer.lost();
+                shared.pause(retry);
             }
             Err(Interrupted::Superseded) => {
                 shared.set_instance(None);
-                shared.fail("another broker instance took over".into());
-                break;
+                let Some((client, _)) = session.take() else {
+                    break;
+                };
+                if !shared.process.standby {
+                    shared.fail("another broker instance took over".into());
+                    break;
+                }
+                log::warn!("database {name}: another broker instance took over; waiting (standby)");
+                wait_on(&mut acquirer, client);
+            }
+            Err(Interrupted::HandOver(members)) => {
+                let Some((mut client, instance)) = session.take() else {
+                    break;
+                };
+                match instance::hand_over(&shared, &mut client, instance, members) {
+                    Ok(true) => wait_on(&mut acquirer, client),
+                    Ok(false) => session = Some((client, instance)),
+                    Err(e) => {
+                        log::warn!(
+                            "database {name}: listener connection lost while handing over ({}); reconnecting",
+                            describe(&e)
+                        );
+                        shared.set_instance(None);
+                        acquirer.lost();
+                    }
+                }
             }
         }
     }
@@ -105,7 +166,7 @@ fn serve(
     while !shared.is_stopping() {
         let now = Instant::now();
         if now >= next_poll {
-            let orphans = poll(shared, client, instance, wakers, warned_queues)?;
+            let (orphans, schedule_wait) = poll(shared, client, instance, wakers, warned_queues)?;
             // Orphans still locked by a dying backend are free in a moment: look again soon.
             next_poll = now
                 + if orphans {
@@ -113,10 +174,18 @@ fn serve(
                 } else {
                     poll_every
                 };
+            // The poll fires due schedules: a schedule due before the timer brings it forward
+            // (a seconds field needs it; the timer alone is queue_timer_sec).
+            if let Some(wait) = schedule_wait {
+                next_poll = next_poll.min(Instant::now() + wait);
+            }
         }
         if now >= next_ping {
             if !instance.ping(client)? {
                 return Err(Interrupted::Superseded);
+            }
+            if let Some(members) = instance::should_hand_over(shared, client)? {
+                return Err(Interrupted::HandOver(members));
             }
             next_ping = now + HEARTBEAT_INTERVAL;
         }
@@ -129,6 +198,7 @@ fn serve(
             while let Some(n) = iter.next()? {
                 match n.payload() {
                     "cancel" => cancel_asked = true,
+                    crate::scheduler::NOTIFY_PAYLOAD => next_poll = Instant::now(),
                     payload => match payload.parse::<i32>() {
                         Ok(queue) => wake(shared, wakers, queue, warned_queues),
                         Err(_) => log::debug!(
@@ -149,15 +219,15 @@ fn serve(
     Ok(())
 }
 
-/// Recovers orphaned jobs and wakes every queue that has a ready job. Returns whether
-/// orphans remain (still locked).
+/// Recovers orphaned jobs, wakes every queue that has a ready job and fires due schedules.
+/// Returns whether orphans remain (still locked) and how soon the next schedule is due.
 fn poll(
     shared: &Shared,
     client: &mut Client,
     instance: Instance,
     wakers: &[Sender<()>],
     warned_queues: &mut HashSet<i32>,
-) -> Result<bool, postgres::Error> {
+) -> Result<(bool, Option<Duration>), postgres::Error> {
     let recovered = db::recover(client, instance.id, &shared.in_flight())?;
     if recovered > 0 {
         log::info!(
@@ -174,7 +244,8 @@ fn poll(
     // A cancel whose notification was missed still arrives, one poll late.
     db::deliver_cancels(client)?;
     purge(shared, client)?;
-    db::orphans_left(client, instance.id)
+    let schedule_wait = crate::scheduler::run(&shared.db.name, client)?;
+    Ok((db::orphans_left(client, instance.id)?, schedule_wait))
 }
 
 /// Deletes finished jobs past their retention, a batch at a time, a bounded amount per poll.
@@ -182,14 +253,22 @@ fn purge(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
     let s = &shared.settings;
     let mut total = 0;
     for _ in 0..MAX_PURGE_BATCHES_PER_POLL {
-        let n = db::purge(client, s.retention_completed, s.retention_failed, s.retention_batch_size)?;
+        let n = db::purge(
+            client,
+            s.retention_completed,
+            s.retention_failed,
+            s.retention_batch_size,
+        )?;
         total += n;
         if n < s.retention_batch_size as i32 {
             break;
         }
     }
     if total > 0 {
-        log::info!("database {}: retention deleted {total} finished job(s)", shared.db.name);
+        log::info!(
+            "database {}: retention deleted {total} finished job(s)",
+            shared.db.name
+        );
     }
     Ok(())
 }
@@ -215,34 +294,12 @@ fn wake(shared: &Shared, wakers: &[Sender<()>], queue: i32, warned_queues: &mut 
     }
 }
 
-/// Connects again and re-registers; None (after a log line) if the database is not back yet.
-fn reconnect(shared: &Shared) -> Option<(Client, Instance)> {
-    let attempt = db::connect(&shared.db).and_then(|mut client| {
-        let instance = Instance::register(&mut client, &shared.db, &shared.settings.name)?;
-        Ok((client, instance))
-    });
-    match attempt {
-        Ok((client, instance)) => {
-            log::info!(
-                "database {}: reconnected as instance {}",
-                shared.db.name,
-                instance.id
-            );
-            shared.set_instance(Some(instance));
-            Some((client, instance))
-        }
-        Err(Error::InstanceActive { message, .. }) => {
-            shared.fail(message);
-            None
-        }
-        Err(e) => {
-            log::warn!(
-                "{e}; retrying in {:?}",
-                shared.settings.notify_retry_seconds
-            );
-            pause(shared, shared.settings.notify_retry_seconds);
-            None
-        }
+/// Keeps waiting for the database on `client`, which no longer serves it. It stops listening
+/// first, or notifications would pile up in memory while another process serves.
+fn wait_on(acquirer: &mut Acquirer, mut client: Client) {
+    match client.batch_execute("UNLISTEN *") {
+        Ok(()) => acquirer.resume(client),
+        Err(_) => acquirer.lost(),
     }
 }
 
@@ -259,13 +316,5 @@ fn drain(shared: &Shared, wakers: Vec<Sender<()>>, done: Receiver<()>) {
         if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(60)) {
             log::error!("database {name}: workers did not stop after cancel; leaving them");
         }
-    }
-}
-
-/// Sleeps up to `d`, returning early on shutdown.
-fn pause(shared: &Shared, d: Duration) {
-    let until = Instant::now() + d;
-    while !shared.is_stopping() && Instant::now() < until {
-        std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
     }
 }

@@ -8,6 +8,10 @@ use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::config::{LogFormat, LogLevel, LoggingConfig};
 
+/// The database driver logs every statement with its parameters at debug level, and job
+/// notices at info: job SQL and user data do not belong in the broker's log, so it is muted.
+const DRIVER_TARGET: &str = "tokio_postgres";
+
 /// Installs the process-wide logger. `debug` (the config's `enable_debug`) raises the level to
 /// at least debug.
 pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
@@ -27,6 +31,7 @@ pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
                 .set_time_format_rfc3339()
                 .set_target_level(LevelFilter::Off)
                 .set_thread_level(LevelFilter::Off)
+                .add_filter_ignore_str(DRIVER_TARGET)
                 .build();
             simplelog::WriteLogger::init(level, cfg, std::io::stderr()).map_err(|e| e.to_string())
         }
@@ -45,7 +50,7 @@ struct JsonLogger {
 
 impl Log for JsonLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= self.level && !metadata.target().starts_with(DRIVER_TARGET)
     }
 
     fn log(&self, record: &Record) {

@@ -2,11 +2,15 @@
 //! time, best first, until none is ready. Each job runs on a pooled connection:
 //!
 //! 1. `broker_get` claims it and commits (status `running`, visible to operators);
-//! 2. in a new transaction `broker_run` locks its row and switches to its role, its SQL runs,
-//!    and `broker_set(..., 'completed')` is recorded in that same transaction before COMMIT.
+//! 2. `broker_prepare_job` makes sure the job's role has its runner (a SECURITY DEFINER
+//!    function owned by that role, so the job cannot SET ROLE back to the broker's login);
+//! 3. in a new transaction `broker_run` locks its row, the runner runs its SQL, and
+//!    `broker_set(..., 'completed')` is recorded in that same transaction before COMMIT.
 //!
-//! A job whose SQL fails is rolled back and recorded `failed` with SQLSTATE and message.
+//! A job whose SQL fails is rolled back and recorded `failed` with SQLSTATE and message. A
+//! panic in the broker's own code while a job runs fails that job and keeps the worker alive.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +53,16 @@ pub(crate) fn run(
                 }
             }
             let Some(c) = conn.as_mut() else { break };
-            match run_next(&shared, queue, slot, c) {
+            let mut current = None;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                run_next(&shared, queue, slot, c, &mut current)
+            }));
+            let Ok(result) = result else {
+                fail_after_panic(&shared, c, current.as_ref());
+                conn = None;
+                break;
+            };
+            match result {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -75,6 +88,7 @@ fn run_next(
     queue: i32,
     slot: usize,
     c: &mut Client,
+    current: &mut Option<Job>,
 ) -> Result<bool, postgres::Error> {
     let Some(instance) = shared.instance() else {
         return Ok(false);
@@ -82,6 +96,7 @@ fn run_next(
     let Some(job) = db::claim(c, queue, instance, 1)?.pop() else {
         return Ok(false);
     };
+    *current = Some(job.clone());
     let _in_flight = shared.track(slot, job.id, c.cancel_token());
     if shared.is_stopping() {
         // Claimed but not started: give it back for the next instance.
@@ -130,22 +145,21 @@ fn run_next(
     Ok(true)
 }
 
-/// Runs a transactional job: its SQL and its completion commit together. Returns the outcome
-/// still to record (None when the completion already committed with the job).
+/// Runs a transactional job: its SQL (as its role, through its runner) and its completion
+/// commit together. Returns the outcome still to record (None when the completion already
+/// committed with the job).
 fn run_in_transaction(
     c: &mut Client,
     job: &Job,
     shared: &Shared,
 ) -> Result<Option<Outcome>, postgres::Error> {
-    let mut tx = c.transaction()?;
-    let result = (|| {
+    let result = db::prepare_job(c, job).and_then(|runner| {
+        let mut tx = c.transaction()?;
         let xid = db::begin_job(&mut tx, job, shared.settings.default_job_timeout)?;
-        tx.batch_execute(&job.sql())?;
-        tx.batch_execute("RESET ROLE")?;
+        runner.run(&mut tx, &job.sql())?;
         db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
-        Ok(())
-    })()
-    .and_then(|()| tx.commit());
+        tx.commit()
+    });
     match result {
         Ok(()) => Ok(None),
         Err(e) if db::is_statement_error(&e) => {
@@ -166,7 +180,8 @@ fn run_in_session(
     job: &Job,
     shared: &Shared,
 ) -> Result<Option<Outcome>, postgres::Error> {
-    let result = db::begin_job(c, job, shared.settings.default_job_timeout).and_then(|_| c.batch_execute(&job.sql()));
+    let result = db::begin_job(c, job, shared.settings.default_job_timeout)
+        .and_then(|_| c.batch_execute(&job.sql()));
     match result {
         Ok(()) => Ok(Some(Outcome::Completed)),
         Err(e) if db::is_statement_error(&e) => {
@@ -183,11 +198,37 @@ fn run_in_session(
 /// Clears whatever session state a job left (SET, temp tables, LISTEN, advisory locks, role,
 /// an open transaction) so it cannot leak into the next job on this connection.
 fn reset_session(c: &mut Client) -> Result<(), postgres::Error> {
+    use postgres::error::SqlState;
     match c.batch_execute("DISCARD ALL") {
-        Err(e) if e.code() == Some(&postgres::error::SqlState::ACTIVE_SQL_TRANSACTION) => {
+        Err(e)
+            if e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION)
+                || e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) =>
+        {
             c.batch_execute("ROLLBACK")?;
             c.batch_execute("DISCARD ALL")
         }
         other => other,
+    }
+}
+
+/// A bug in the broker panicked while `job` ran: the job is failed with that reason (not left
+/// running, not silently retried) and the connection, in an unknown state, is reset.
+fn fail_after_panic(shared: &Shared, c: &mut Client, job: Option<&Job>) {
+    log::error!(
+        "database {}: worker panicked{}; see the message above",
+        shared.db.name,
+        job.map(|j| format!(" while running job {}", j.id))
+            .unwrap_or_default()
+    );
+    let Some(job) = job else { return };
+    let reason =
+        Outcome::Failed("the broker panicked while running this job (a bug; see its log)".into());
+    if let Err(e) = reset_session(c).and_then(|()| db::finish_job(c, job, &reason, None)) {
+        log::error!(
+            "database {}: cannot record job {} as failed after the panic: {}; recovery will",
+            shared.db.name,
+            job.id,
+            describe(&e)
+        );
     }
 }

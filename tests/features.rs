@@ -8,7 +8,10 @@ fn broker(db: &TestDb, broker_yaml: &str) -> BrokerProcess {
 }
 
 fn error_text(db: &TestDb, id: i64) -> String {
-    db.value(&format!("SELECT error_text FROM broker_jobs WHERE id = {id}")).unwrap_or_default()
+    db.value(&format!(
+        "SELECT error_text FROM broker_jobs WHERE id = {id}"
+    ))
+    .unwrap_or_default()
 }
 
 #[test]
@@ -20,10 +23,18 @@ fn chain_runs_in_order() {
     let a = db.add_job("broker_add_job('A', $$INSERT INTO ran (job) VALUES ('A')$$, 1, -5)");
     let b = db.add_job(&format!("broker_add_job('B', $$INSERT INTO ran (job) VALUES ('B')$$, 2, 0, depends_on => ARRAY[{a}])"));
     let c = db.add_job(&format!("broker_add_job('C', $$INSERT INTO ran (job) VALUES ('C')$$, 1, 9, depends_on => ARRAY[{b}])"));
-    assert_eq!(db.value(&format!("SELECT waiting FROM broker_jobs WHERE id = {c}")).as_deref(), Some("1"));
+    assert_eq!(
+        db.value(&format!("SELECT waiting FROM broker_jobs WHERE id = {c}"))
+            .as_deref(),
+        Some("1")
+    );
     let _broker = broker(&db, "  queue_timer_sec: 3600\n");
     db.wait_status(c, "completed");
-    assert_eq!(db.value("SELECT string_agg(job, ',' ORDER BY seq) FROM ran").as_deref(), Some("A,B,C"));
+    assert_eq!(
+        db.value("SELECT string_agg(job, ',' ORDER BY seq) FROM ran")
+            .as_deref(),
+        Some("A,B,C")
+    );
 }
 
 #[test]
@@ -31,8 +42,12 @@ fn failing_dependency_cancels_its_dependents_transitively() {
     let db = TestDb::new();
     db.install();
     let a = db.add_job("broker_add_job('A', 'SELECT 1/0')");
-    let b = db.add_job(&format!("broker_add_job('B', 'SELECT 1', depends_on => ARRAY[{a}])"));
-    let c = db.add_job(&format!("broker_add_job('C', 'SELECT 1', depends_on => ARRAY[{b}])"));
+    let b = db.add_job(&format!(
+        "broker_add_job('B', 'SELECT 1', depends_on => ARRAY[{a}])"
+    ));
+    let c = db.add_job(&format!(
+        "broker_add_job('C', 'SELECT 1', depends_on => ARRAY[{b}])"
+    ));
     let other = db.add_job("broker_add_job('other', 'SELECT 1')");
     let _broker = broker(&db, "");
     db.wait_status(a, "failed");
@@ -42,7 +57,9 @@ fn failing_dependency_cancels_its_dependents_transitively() {
     assert_eq!(error_text(&db, b), format!("dependency {a} failed"));
     assert_eq!(error_text(&db, c), format!("dependency {b} cancelled"));
     // A job added later on a failed dependency is settled at once, not left pending.
-    let d = db.add_job(&format!("broker_add_job('D', 'SELECT 1', depends_on => ARRAY[{a}])"));
+    let d = db.add_job(&format!(
+        "broker_add_job('D', 'SELECT 1', depends_on => ARRAY[{a}])"
+    ));
     assert_eq!(db.status(d), "cancelled");
 }
 
@@ -57,11 +74,21 @@ fn diamond_waits_for_both_branches() {
     let slow = db.add_job(&format!(
         "broker_add_job('slow', $$SELECT pg_sleep(1); INSERT INTO ran (job) VALUES ('slow')$$, 2, depends_on => ARRAY[{top}])"
     ));
-    let fast = db.add_job(&format!("broker_add_job('fast', {}, 1, depends_on => ARRAY[{top}])", ins("fast")));
-    let bottom = db.add_job(&format!("broker_add_job('bottom', {}, 1, depends_on => ARRAY[{slow}, {fast}, {top}])", ins("bottom")));
+    let fast = db.add_job(&format!(
+        "broker_add_job('fast', {}, 1, depends_on => ARRAY[{top}])",
+        ins("fast")
+    ));
+    let bottom = db.add_job(&format!(
+        "broker_add_job('bottom', {}, 1, depends_on => ARRAY[{slow}, {fast}, {top}])",
+        ins("bottom")
+    ));
     let _broker = broker(&db, "");
     db.wait_status(bottom, "completed");
-    assert_eq!(db.value("SELECT string_agg(job, ',' ORDER BY seq) FROM ran").as_deref(), Some("top,fast,slow,bottom"));
+    assert_eq!(
+        db.value("SELECT string_agg(job, ',' ORDER BY seq) FROM ran")
+            .as_deref(),
+        Some("top,fast,slow,bottom")
+    );
 }
 
 #[test]
@@ -71,16 +98,24 @@ fn unknown_dependency_is_refused() {
     let a = db.add_job("broker_add_job('A', 'SELECT 1')");
     let err = db
         .client()
-        .query_one(&format!("SELECT broker_add_job('B', 'SELECT 1', depends_on => ARRAY[{a}, 424242])"), &[])
+        .query_one(
+            &format!("SELECT broker_add_job('B', 'SELECT 1', depends_on => ARRAY[{a}, 424242])"),
+            &[],
+        )
         .expect_err("unknown id");
     assert_eq!(err.code().map(|c| c.code()), Some("23503"));
     assert!(explain(&err).contains("424242"), "{}", explain(&err));
-    assert_eq!(db.value("SELECT count(*) FROM broker_jobs").as_deref(), Some("1"));
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_jobs").as_deref(),
+        Some("1")
+    );
     // An edge towards a newer job (the only way to a cycle) is refused by the table itself.
     let b = db.add_job("broker_add_job('B', 'SELECT 1')");
     let err = db
         .client()
-        .batch_execute(&format!("INSERT INTO broker_job_dependencies VALUES ({a}, {b})"))
+        .batch_execute(&format!(
+            "INSERT INTO broker_job_dependencies VALUES ({a}, {b})"
+        ))
         .expect_err("backward edge");
     assert_eq!(err.code().map(|c| c.code()), Some("23514"));
 }
@@ -98,11 +133,16 @@ fn retries_with_backoff_then_success() {
     let row = db
         .value(&format!("SELECT attempts || '|' || array_to_string(attempt_errors, ';') FROM broker_jobs WHERE id = {id}"))
         .unwrap_or_default();
-    assert_eq!(row, "3|attempt 1: SQLSTATE P0001: not yet;attempt 2: SQLSTATE P0001: not yet");
+    assert_eq!(
+        row,
+        "3|attempt 1: SQLSTATE P0001: not yet;attempt 2: SQLSTATE P0001: not yet"
+    );
     // Out of attempts: failed, with every error kept.
     let id = db.add_job("broker_add_job('hopeless', 'SELECT 1/0', max_attempts => 2)");
     db.wait_status(id, "failed");
-    let n = db.value(&format!("SELECT cardinality(attempt_errors) FROM broker_jobs WHERE id = {id}"));
+    let n = db.value(&format!(
+        "SELECT cardinality(attempt_errors) FROM broker_jobs WHERE id = {id}"
+    ));
     assert_eq!(n.as_deref(), Some("2"));
 }
 
@@ -113,11 +153,17 @@ fn backoff_delays_the_retry() {
     let id = db.add_job("broker_add_job('flaky', 'SELECT 1/0', max_attempts => 5)");
     let _broker = broker(&db, "  queue_timer_sec: 3600\n");
     wait_until("first attempt recorded", || {
-        db.value(&format!("SELECT cardinality(attempt_errors) FROM broker_jobs WHERE id = {id}")).as_deref() == Some("1")
+        db.value(&format!(
+            "SELECT cardinality(attempt_errors) FROM broker_jobs WHERE id = {id}"
+        ))
+        .as_deref()
+            == Some("1")
     });
     // The first retry waits 2 s with jitter (1.5 to 2.5 s).
     let delay = db
-        .value(&format!("SELECT extract(epoch FROM run_after - started_at) FROM broker_jobs WHERE id = {id}"))
+        .value(&format!(
+            "SELECT extract(epoch FROM run_after - started_at) FROM broker_jobs WHERE id = {id}"
+        ))
         .and_then(|v| v.parse::<f64>().ok())
         .expect("delay");
     assert!((1.4..=2.6).contains(&delay), "backoff {delay}");
@@ -131,7 +177,10 @@ fn timeout_fails_the_job_with_the_reason() {
     let _broker = broker(&db, "  default_job_timeout: 1h\n");
     let id = db.add_job("broker_add_job('slow', 'INSERT INTO t VALUES (1); SELECT pg_sleep(30)', timeout => '300 ms')");
     db.wait_status(id, "failed");
-    assert_eq!(error_text(&db, id), "SQLSTATE 57014: canceling statement due to statement timeout");
+    assert_eq!(
+        error_text(&db, id),
+        "SQLSTATE 57014: canceling statement due to statement timeout"
+    );
     assert_eq!(db.value("SELECT count(*) FROM t").as_deref(), Some("0"));
 }
 
@@ -152,9 +201,16 @@ fn cancel_pending_and_running_jobs() {
     let db = TestDb::new();
     db.install();
     db.exec("CREATE TABLE t (x int)");
-    let pending = db.add_job("broker_add_job('later', 'SELECT 1', run_after => now() + interval '1 hour')");
-    let dependent = db.add_job(&format!("broker_add_job('dep', 'SELECT 1', depends_on => ARRAY[{pending}])"));
-    assert_eq!(db.value(&format!("SELECT broker_cancel_job({pending})")).as_deref(), Some("cancelled"));
+    let pending =
+        db.add_job("broker_add_job('later', 'SELECT 1', run_after => now() + interval '1 hour')");
+    let dependent = db.add_job(&format!(
+        "broker_add_job('dep', 'SELECT 1', depends_on => ARRAY[{pending}])"
+    ));
+    assert_eq!(
+        db.value(&format!("SELECT broker_cancel_job({pending})"))
+            .as_deref(),
+        Some("cancelled")
+    );
     assert_eq!(db.status(dependent), "cancelled");
 
     let _broker = broker(&db, "  queue_timer_sec: 3600\n");
@@ -165,11 +221,27 @@ fn cancel_pending_and_running_jobs() {
             .as_deref()
             == Some("1")
     });
-    assert_eq!(db.value(&format!("SELECT broker_cancel_job({running})")).as_deref(), Some("running"));
+    assert_eq!(
+        db.value(&format!("SELECT broker_cancel_job({running})"))
+            .as_deref(),
+        Some("running")
+    );
     db.wait_status(running, "cancelled");
-    assert!(error_text(&db, running).starts_with("cancelled by"), "{}", error_text(&db, running));
-    assert_eq!(db.value("SELECT count(*) FROM t").as_deref(), Some("0"), "rolled back, not retried");
-    assert_eq!(db.value("SELECT count(*) FROM broker_cancel_requests").as_deref(), Some("0"));
+    assert!(
+        error_text(&db, running).starts_with("cancelled by"),
+        "{}",
+        error_text(&db, running)
+    );
+    assert_eq!(
+        db.value("SELECT count(*) FROM t").as_deref(),
+        Some("0"),
+        "rolled back, not retried"
+    );
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_cancel_requests")
+            .as_deref(),
+        Some("0")
+    );
 }
 
 #[test]
@@ -178,7 +250,9 @@ fn retention_removes_only_what_it_should() {
     db.install();
     // Eight jobs in every state and age; the broker's retention: completed 1 day, failed 3 days.
     let mk = |name: &str, status: &str, age: &str| {
-        let id = db.add_job(&format!("broker_add_job('{name}', 'SELECT 1', 2, run_after => now() + interval '1 day')"));
+        let id = db.add_job(&format!(
+            "broker_add_job('{name}', 'SELECT 1', 2, run_after => now() + interval '1 day')"
+        ));
         db.exec(&format!(
             "UPDATE broker_jobs SET status = '{status}', completed_at = now() - interval '{age}' WHERE id = {id}"
         ));
@@ -192,11 +266,16 @@ fn retention_removes_only_what_it_should() {
         mk("old-cancelled", "cancelled", "4 days"),
         mk("old-pending", "pending", "10 days"),
     ];
-    let _broker = broker(&db, "  retention_completed: 1d\n  retention_failed: 3d\n  retention_batch_size: 1\n");
+    let _broker = broker(
+        &db,
+        "  retention_completed: 1d\n  retention_failed: 3d\n  retention_batch_size: 1\n",
+    );
     wait_until("retention to run", || {
         db.value("SELECT count(*) FROM broker_jobs").as_deref() == Some("3")
     });
-    let left = db.value("SELECT string_agg(job_name, ',' ORDER BY id) FROM broker_jobs").unwrap_or_default();
+    let left = db
+        .value("SELECT string_agg(job_name, ',' ORDER BY id) FROM broker_jobs")
+        .unwrap_or_default();
     assert_eq!(left, "new-completed,mid-failed,old-pending");
     assert_eq!(jobs.len(), 6);
 }
@@ -205,11 +284,50 @@ fn retention_removes_only_what_it_should() {
 fn retention_can_be_turned_off() {
     let db = TestDb::new();
     db.install();
-    let id = db.add_job("broker_add_job('old', 'SELECT 1', 2, run_after => now() + interval '1 day')");
+    let id =
+        db.add_job("broker_add_job('old', 'SELECT 1', 2, run_after => now() + interval '1 day')");
     db.exec(&format!("UPDATE broker_jobs SET status = 'completed', completed_at = now() - interval '400 days' WHERE id = {id}"));
     let broker = broker(&db, "  retention_completed: 0\n  retention_failed: 0\n");
     // The startup poll has run once the broker serves; give it one more tick to be sure.
     broker.wait_log("serving as instance");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(db.status(id), "completed");
+}
+
+/// Many jobs waiting on dependencies cost the claim nothing: it reads the ready index only.
+#[test]
+fn claim_ignores_waiting_dependents() {
+    let db = TestDb::new();
+    db.install();
+    let root =
+        db.add_job("broker_add_job('root', 'SELECT 1', run_after => now() + interval '1 hour')");
+    db.exec(&format!(
+        "INSERT INTO broker_jobs (job_name, execute_str) SELECT 'dep', 'SELECT 1' FROM generate_series(1, 20000);
+         INSERT INTO broker_job_dependencies SELECT id, {root} FROM broker_jobs WHERE id <> {root};
+         INSERT INTO broker_jobs (job_name, execute_str) VALUES ('ready', 'SELECT 1');
+         ANALYZE broker_jobs;"
+    ));
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_jobs WHERE waiting = 1")
+            .as_deref(),
+        Some("20000")
+    );
+    let mut c = db.client();
+    let full: String = c
+        .query(
+            "EXPLAIN SELECT c.id FROM broker_jobs c
+              WHERE c.status = 'pending' AND c.waiting = 0 AND c.job_queue = 1 AND c.run_after <= now()
+              ORDER BY c.job_priority DESC, c.id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        full.contains("Index Scan using broker_jobs_ready"),
+        "{full}"
+    );
+    assert!(!full.contains("Seq Scan"), "{full}");
 }

@@ -128,14 +128,25 @@ fn upgrade_from_version_1_keeps_jobs() {
                                              installed_at timestamptz NOT NULL DEFAULT now())",
     )
     .expect("version table");
-    tx.batch_execute(pgsql_broker::install::MIGRATIONS[0]).expect("version 1");
-    tx.batch_execute("INSERT INTO broker_schema_version VALUES (1)").expect("record");
+    tx.batch_execute(pgsql_broker::install::MIGRATIONS[0])
+        .expect("version 1");
+    tx.batch_execute("INSERT INTO broker_schema_version VALUES (1)")
+        .expect("record");
     tx.commit().expect("commit");
     let old = db.add_job("broker_add_job('from v1', 'SELECT 1', 1, 5)");
 
     let out = cli(&db, &["start"]);
-    assert_eq!(out.status.code(), Some(1), "start must not upgrade on its own: {}", out.stderr);
-    assert!(out.stderr.contains("pgsql-broker install"), "{}", out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "start must not upgrade on its own: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("pgsql-broker install"),
+        "{}",
+        out.stderr
+    );
 
     let out = cli(&db, &["install"]);
     assert!(out.status.success(), "{}", out.stderr);

@@ -39,6 +39,10 @@ fn restart_right_after_kill_9_is_not_blocked() {
         "broker_add_job('long', 'SELECT pg_sleep(CASE WHEN nextval(''tries'') = 1 THEN 60 ELSE 0 END); INSERT INTO t VALUES (1)')",
     );
     db.wait_status(id, "running");
+    // Claimed is not yet started: kill only once the first try has counted itself.
+    wait_until("the first try to start", || {
+        db.value("SELECT is_called FROM tries").as_deref() == Some("t")
+    });
     first.signal("KILL");
     let second = BrokerProcess::start_serving(&db, &config);
     db.wait_status(id, "completed");
@@ -127,6 +131,9 @@ fn second_signal_exits_at_once() {
     let mut broker = BrokerProcess::start_serving(&db, &config);
     let id = db.add_job("broker_add_job('long', 'SELECT pg_sleep(CASE WHEN nextval(''tries'') = 1 THEN 60 ELSE 0 END)')");
     db.wait_status(id, "running");
+    wait_until("the first try to start", || {
+        db.value("SELECT is_called FROM tries").as_deref() == Some("t")
+    });
     broker.signal("TERM");
     broker.wait_log("draining");
     broker.signal("INT");

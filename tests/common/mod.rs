@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+/// Throwaway clusters of a test's own (TLS, password auth, restarts).
+pub mod cluster;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -59,6 +62,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct TestDb {
     pub name: String,
     dir: PathBuf,
+    roles: std::cell::RefCell<Vec<String>>,
 }
 
 impl TestDb {
@@ -73,7 +77,26 @@ impl TestDb {
             .expect("create test database");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        TestDb { name, dir }
+        TestDb {
+            name,
+            dir,
+            roles: Default::default(),
+        }
+    }
+
+    /// Creates a role unique to this test (cluster-wide names) and removes it afterwards.
+    /// `suffix` may hold any characters; the returned name must be quoted in SQL.
+    pub fn role(&self, suffix: &str) -> String {
+        let name = format!("{}_{suffix}", self.name);
+        let sql: String = admin()
+            .query_one("SELECT format('CREATE ROLE %I', $1::text)", &[&name])
+            .expect("format")
+            .get(0);
+        admin()
+            .batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", explain(&e)));
+        self.roles.borrow_mut().push(name.clone());
+        name
     }
 
     pub fn client(&self) -> Client {
@@ -159,6 +182,11 @@ impl Drop for TestDb {
         ));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// An identifier quoted for SQL, whatever it holds.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// How many rows `broker_schema_version` holds after a full install.

@@ -1,0 +1,206 @@
+//! Schedules: turns due rows of `broker_schedule` into jobs. It runs on the listener's own
+//! connection from its poll, so only the active instance fires schedules.
+//!
+//! Each due time fires exactly once: the schedule row is locked, the job inserted and
+//! `next_run` advanced in one transaction (`broker_fire_schedule`). A crash before the commit
+//! leaves the due time for the next instance; after it, the due time is gone. `next_run` is
+//! always the first fire time after the database's now(), so after downtime a schedule fires
+//! once for what it missed, not once per missed slot.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use postgres::Client;
+
+use crate::cron::{self, Cron};
+use crate::db::{self, describe, ScheduleRow};
+
+/// The notification payload (on channel `broker_jobs`) that asks for a scheduler run now:
+/// a schedule was added, changed or enabled.
+pub(crate) const NOTIFY_PAYLOAD: &str = "schedule";
+
+/// Schedules handled per run at most; more are due → the caller is told to come back at once.
+const MAX_PER_RUN: i64 = 500;
+
+/// Plans new schedules and fires due ones. Returns how long until the earliest planned fire
+/// time, for the listener to poll again by then (None: nothing planned).
+///
+/// Only a broken connection is an error: a statement that fails is logged (and, if the
+/// schedule itself is at fault, the schedule disabled) so that one bad row cannot stop the
+/// listener.
+pub(crate) fn run(
+    database: &str,
+    client: &mut Client,
+) -> Result<Option<Duration>, postgres::Error> {
+    let rows = match db::schedules_to_run(client, MAX_PER_RUN) {
+        Ok(rows) => rows,
+        Err(e) => return statement_error(database, "reading schedules", e).map(|()| None),
+    };
+    let more = rows.len() as i64 >= MAX_PER_RUN;
+    for row in &rows {
+        if let Err(e) = handle(database, client, row) {
+            if !db::is_statement_error(&e) {
+                return Err(e);
+            }
+            if is_transient(&e) {
+                log::warn!(
+                    "database {database}: schedule {} {:?}: {}; trying again at the next poll",
+                    row.id,
+                    row.name,
+                    describe(&e)
+                );
+                continue;
+            }
+            // The same would fail at every poll (e.g. run_as no longer allowed): stop, say why.
+            let reason = format!("cannot enqueue its job: {}", describe(&e));
+            disable(database, client, row, &reason)?;
+        }
+    }
+    if more {
+        return Ok(Some(Duration::ZERO));
+    }
+    match db::next_schedule_wait(client) {
+        Ok(wait) => Ok(wait),
+        Err(e) => statement_error(database, "reading the next fire time", e).map(|()| None),
+    }
+}
+
+/// Plans a schedule that has no `next_run`, or fires a due one.
+fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), postgres::Error> {
+    let Some(due) = row.next_run else {
+        let Some((cron, tz)) = parse(database, client, row)? else {
+            return Ok(());
+        };
+        let anchor = DateTime::<Utc>::from(row.anchor);
+        match cron.next_since(anchor, row.now.into(), tz) {
+            Ok(next) => db::plan_schedule(client, row.id, SystemTime::from(next))?,
+            Err(e) => disable(database, client, row, &e.to_string())?,
+        }
+        return Ok(());
+    };
+    let mut tx = client.transaction()?;
+    // Read again under the lock: an operator may have changed or disabled it meanwhile.
+    let Some(locked) = db::lock_due_schedule(&mut tx, row.id)? else {
+        return Ok(());
+    };
+    let (cron, tz) = match parsed(&locked) {
+        Ok(p) => p,
+        Err(reason) => {
+            log::error!(
+                "database {database}: schedule {} {:?} disabled: {reason}",
+                locked.id,
+                locked.name
+            );
+            db::disable_schedule(&mut tx, locked.id, &reason)?;
+            return tx.commit();
+        }
+    };
+    let due = locked.next_run.unwrap_or(due);
+    // The first fire time after now: missed slots collapse into this one firing.
+    let next = match cron.next_since(due.into(), locked.now.into(), tz) {
+        Ok(next) => SystemTime::from(next),
+        Err(e) => {
+            log::error!(
+                "database {database}: schedule {} {:?} disabled: {e}",
+                locked.id,
+                locked.name
+            );
+            db::disable_schedule(&mut tx, locked.id, &e.to_string())?;
+            return tx.commit();
+        }
+    };
+    let (job, outcome) = db::fire_schedule(&mut tx, locked.id, due, next)?;
+    tx.commit()?;
+    let due_text = DateTime::<Utc>::from(due).with_timezone(&tz);
+    let due_text = cron::format_time(&due_text);
+    match (outcome.as_str(), job) {
+        ("fired", Some(job)) => log::debug!(
+            "database {database}: schedule {} {:?}: job {job} for {due_text}",
+            locked.id,
+            locked.name
+        ),
+        ("overlap", _) => log::debug!(
+            "database {database}: schedule {} {:?}: skipped {due_text}, its previous job is still pending or running",
+            locked.id,
+            locked.name
+        ),
+        ("duplicate", _) => log::warn!(
+            "database {database}: schedule {} {:?}: {due_text} already had a job; not enqueued again",
+            locked.id,
+            locked.name
+        ),
+        _ => log::debug!(
+            "database {database}: schedule {} {:?} changed while firing; left for the next poll",
+            locked.id,
+            locked.name
+        ),
+    }
+    Ok(())
+}
+
+/// The expression and zone of a row, or (after disabling the schedule) None.
+fn parse(
+    database: &str,
+    client: &mut Client,
+    row: &ScheduleRow,
+) -> Result<Option<(Cron, Tz)>, postgres::Error> {
+    match parsed(row) {
+        Ok(p) => Ok(Some(p)),
+        Err(reason) => {
+            disable(database, client, row, &reason)?;
+            Ok(None)
+        }
+    }
+}
+
+fn parsed(row: &ScheduleRow) -> Result<(Cron, Tz), String> {
+    let cron = Cron::parse(&row.cron).map_err(|e| format!("invalid cron expression: {e}"))?;
+    let tz = cron::parse_timezone(&row.timezone).map_err(|e| format!("invalid timezone: {e}"))?;
+    Ok((cron, tz))
+}
+
+/// Disables a schedule with `reason` in last_error and logs it; a failing statement is logged
+/// too (the schedule is then looked at again at the next poll).
+fn disable(
+    database: &str,
+    client: &mut Client,
+    row: &ScheduleRow,
+    reason: &str,
+) -> Result<(), postgres::Error> {
+    log::error!(
+        "database {database}: schedule {} {:?} disabled: {reason}",
+        row.id,
+        row.name
+    );
+    match db::disable_schedule(client, row.id, reason) {
+        Ok(()) => Ok(()),
+        Err(e) => statement_error(database, "disabling a schedule", e),
+    }
+}
+
+/// Logs a failed statement and carries on; passes a connection error up.
+fn statement_error(
+    database: &str,
+    action: &str,
+    e: postgres::Error,
+) -> Result<(), postgres::Error> {
+    if db::is_statement_error(&e) {
+        log::error!(
+            "database {database}: scheduler: {action} failed: {}",
+            describe(&e)
+        );
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Errors that go away by themselves: serialization failures, deadlocks, lock or statement
+/// timeouts, cancels, the server shutting down.
+fn is_transient(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("40") || c.starts_with("57") || c == "55P03"
+    })
+}
