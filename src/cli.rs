@@ -240,13 +240,19 @@ fn run_install(config: &Config, cmd: &InstallCmd) -> Result<i32, Error> {
                 code = 1;
             }
         } else {
-            match install::install(&mut client, db)? {
-                install::Installed::UpToDate(v) => {
-                    println!("{}: schema version {v} already installed", db.name)
-                }
-                install::Installed::Upgraded { from, to } => {
-                    println!("{}: schema installed (version {from} -> {to})", db.name)
-                }
+            let done = install::install(&mut client, db)?;
+            if done.from == done.to && !done.functions_replaced {
+                println!("{}: schema version {} already installed", db.name, done.to);
+            } else if done.from == done.to {
+                println!(
+                    "{}: functions updated (schema version {})",
+                    db.name, done.to
+                );
+            } else {
+                println!(
+                    "{}: schema installed (version {} -> {})",
+                    db.name, done.from, done.to
+                );
             }
         }
     }

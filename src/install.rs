@@ -5,15 +5,13 @@ use postgres::Client;
 use crate::config::DatabaseConfig;
 use crate::error::Error;
 
-/// Migrations in order; migration `i` (0-based) brings the schema to version `i + 1`.
-/// Never edit a released one: add the next file instead.
-pub const MIGRATIONS: &[&str] = &[
-    include_str!("../sql/001_core.sql"),
-    include_str!("../sql/002_dependencies_cancel_timeout.sql"),
-    include_str!("../sql/003_schedules.sql"),
-    include_str!("../sql/004_failover.sql"),
-    include_str!("../sql/005_privileges.sql"),
-];
+/// Schema files in order; file `i` (0-based) brings the schema to version `i + 1`. They hold
+/// tables, indexes, roles and policies. Never edit a released one: add the next file instead.
+pub const MIGRATIONS: &[&str] = &[include_str!("../sql/001_schema.sql")];
+
+/// Every function and trigger, re-applied by each install after the migrations (all of it is
+/// idempotent), so each function has exactly one definition in the source.
+pub const FUNCTIONS_SQL: &str = include_str!("../sql/functions.sql");
 
 /// The schema version this binary runs with.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -54,9 +52,12 @@ const INSTALL_LOCK: &str =
 
 /// What `install` did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Installed {
-    UpToDate(i32),
-    Upgraded { from: i32, to: i32 },
+pub struct Installed {
+    /// Schema version before and after.
+    pub from: i32,
+    pub to: i32,
+    /// Whether functions.sql was (re)applied: new install, or functions of another build.
+    pub functions_replaced: bool,
 }
 
 /// The installed schema version; 0 when nothing is installed.
@@ -75,7 +76,19 @@ pub fn installed_version(c: &mut Client) -> Result<i32, postgres::Error> {
     Ok(row.get(0))
 }
 
-/// Applies the missing migrations in one transaction. Running it again changes nothing.
+/// True when the installed functions are this binary's functions.sql.
+fn functions_current(c: &mut impl postgres::GenericClient) -> Result<bool, postgres::Error> {
+    let row = c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM broker_schema_version
+                         WHERE version = (SELECT max(version) FROM broker_schema_version)
+                           AND functions_digest = md5($1))",
+        &[&FUNCTIONS_SQL],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Applies the missing migrations and, if they differ, this build's functions, in one
+/// transaction. Running it again changes nothing.
 pub fn install(c: &mut Client, db: &DatabaseConfig) -> Result<Installed, Error> {
     let sql_err = |action| {
         move |source| Error::Sql {
@@ -89,8 +102,10 @@ pub fn install(c: &mut Client, db: &DatabaseConfig) -> Result<Installed, Error> 
         .map_err(sql_err("taking the install lock"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS broker_schema_version (
-             version      integer PRIMARY KEY,
-             installed_at timestamptz NOT NULL DEFAULT now())",
+             version          integer PRIMARY KEY,
+             installed_at     timestamptz NOT NULL DEFAULT now(),
+             functions_digest text);
+         REVOKE ALL ON broker_schema_version FROM PUBLIC",
     )
     .map_err(sql_err("creating broker_schema_version"))?;
     let from: i32 = tx
@@ -106,21 +121,29 @@ pub fn install(c: &mut Client, db: &DatabaseConfig) -> Result<Installed, Error> 
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql)
-            .map_err(sql_err("applying a migration"))?;
+            .map_err(sql_err("applying a schema file"))?;
         tx.execute(
             "INSERT INTO broker_schema_version (version) VALUES ($1)",
             &[&version],
         )
         .map_err(sql_err("recording the schema version"))?;
     }
+    let functions_replaced =
+        !functions_current(&mut tx).map_err(sql_err("reading the functions digest"))?;
+    if functions_replaced {
+        tx.batch_execute(FUNCTIONS_SQL)
+            .map_err(sql_err("applying functions.sql"))?;
+        tx.execute(
+            "UPDATE broker_schema_version SET functions_digest = md5($1) WHERE version = $2",
+            &[&FUNCTIONS_SQL, &SCHEMA_VERSION],
+        )
+        .map_err(sql_err("recording the functions digest"))?;
+    }
     tx.commit().map_err(sql_err("committing the install"))?;
-    Ok(if from == SCHEMA_VERSION {
-        Installed::UpToDate(from)
-    } else {
-        Installed::Upgraded {
-            from,
-            to: SCHEMA_VERSION,
-        }
+    Ok(Installed {
+        from,
+        to: SCHEMA_VERSION,
+        functions_replaced,
     })
 }
 
@@ -157,6 +180,10 @@ pub fn verify(c: &mut Client, db: &DatabaseConfig) -> Result<Vec<String>, Error>
         problems.push(format!(
             "schema version is {version}, this binary needs {SCHEMA_VERSION}"
         ));
+    } else if !functions_current(c).map_err(sql_err)? {
+        problems.push(
+            "functions are not this build's (installed by another pgsql-broker version)".into(),
+        );
     }
     Ok(problems)
 }

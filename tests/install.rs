@@ -116,25 +116,27 @@ fn concurrent_installs_serialize() {
     );
 }
 
-/// A database at schema version 1 with a queued job is upgraded in place; the job survives
-/// and runs.
+/// Functions from another build (here: a broken broker_get and an old digest) make `start`
+/// refuse and `verify` say so; `install` replaces them in place and queued jobs then run.
 #[test]
-fn upgrade_from_version_1_keeps_jobs() {
+fn functions_of_another_build_are_replaced_by_install() {
     let db = TestDb::new();
-    let mut c = db.client();
-    let mut tx = c.transaction().expect("tx");
-    tx.batch_execute(
-        "CREATE TABLE broker_schema_version (version integer PRIMARY KEY,
-                                             installed_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .expect("version table");
-    tx.batch_execute(pgsql_broker::install::MIGRATIONS[0])
-        .expect("version 1");
-    tx.batch_execute("INSERT INTO broker_schema_version VALUES (1)")
-        .expect("record");
-    tx.commit().expect("commit");
-    let old = db.add_job("broker_add_job('from v1', 'SELECT 1', 1, 5)");
+    db.install();
+    let queued = db.add_job("broker_add_job('queued', 'SELECT 1', 1, 5)");
+    db.exec(
+        "CREATE OR REPLACE FUNCTION broker_get(p_queue integer, p_instance bigint, p_limit integer DEFAULT 1)
+         RETURNS TABLE (id bigint, attempt integer, execute_str text, job_language text, transactional boolean)
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'old build'; END $$;
+         UPDATE broker_schema_version SET functions_digest = 'from an older build'",
+    );
 
+    let out = cli(&db, &["install", "--verify-only"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("functions are not this build's"),
+        "{}",
+        out.stdout
+    );
     let out = cli(&db, &["start"]);
     assert_eq!(
         out.status.code(),
@@ -150,10 +152,8 @@ fn upgrade_from_version_1_keeps_jobs() {
 
     let out = cli(&db, &["install"]);
     assert!(out.status.success(), "{}", out.stderr);
-    let expected = format!("version 1 -> {}", pgsql_broker::install::SCHEMA_VERSION);
-    assert!(out.stdout.contains(&expected), "{}", out.stdout);
+    assert!(out.stdout.contains("functions updated"), "{}", out.stdout);
     assert!(cli(&db, &["install", "--verify-only"]).status.success());
-    let config = db.config("", "");
-    let _broker = BrokerProcess::start_serving(&db, &config);
-    db.wait_status(old, "completed");
+    let _broker = BrokerProcess::start_serving(&db, &db.config("", ""));
+    db.wait_status(queued, "completed");
 }

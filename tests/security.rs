@@ -365,3 +365,46 @@ fn submitters_manage_only_their_own_schedules() {
         .expect_err("public");
     assert_eq!(code(&err), "42501");
 }
+
+/// A submitter cannot take a schedule's due-time slot (which would silently skip that firing)
+/// nor link a job to someone else's schedule.
+#[test]
+fn submitters_cannot_occupy_schedule_slots() {
+    let db = TestDb::new();
+    db.install();
+    let (alice, bob) = (submitter(&db, "alice"), submitter(&db, "bob"));
+    let mut b = session(&db, &bob);
+    let bobs: i64 = b
+        .query_one(
+            "SELECT broker_add_schedule('bob', '@daily', 'SELECT 1')",
+            &[],
+        )
+        .expect("bob adds")
+        .get(0);
+    let mut a = session(&db, &alice);
+    let err = a
+        .execute(
+            "INSERT INTO broker_jobs (execute_str, schedule_id, scheduled_for) VALUES ('SELECT 1', $1, now())",
+            &[&bobs],
+        )
+        .expect_err("not alice's schedule");
+    assert_eq!(code(&err), "42501", "{}", explain(&err));
+    let alices: i64 = a
+        .query_one(
+            "SELECT broker_add_schedule('alice', '@daily', 'SELECT 1')",
+            &[],
+        )
+        .expect("alice adds")
+        .get(0);
+    let row = a
+        .query_one(
+            "INSERT INTO broker_jobs (execute_str, schedule_id, scheduled_for) VALUES ('SELECT 1', $1, now())
+             RETURNING scheduled_for IS NULL",
+            &[&alices],
+        )
+        .expect("own schedule may be linked");
+    assert!(
+        row.get::<_, bool>(0),
+        "the due-time slot is the broker's to set"
+    );
+}

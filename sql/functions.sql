@@ -1,0 +1,795 @@
+-- pgsql-broker functions and triggers. Re-applied by every `pgsql-broker install` (each
+-- statement is idempotent), after the numbered schema files; the install records this file's
+-- digest so `--verify-only` and `start` notice functions from another build.
+-- A function whose signature changes must first be dropped by a numbered schema file.
+
+-- ---------------------------------------------------------------- instance lock
+
+-- The key of the session advisory lock that makes an instance the active one.
+CREATE OR REPLACE FUNCTION broker_instance_lock_key() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT hashtextextended('pgsql-broker instance ' || current_database(), 0)
+$$;
+
+-- True when this session holds the instance lock, i.e. is the active instance's listener.
+CREATE OR REPLACE FUNCTION broker_holds_instance_lock() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND classid = ((broker_instance_lock_key() >> 32) & 4294967295)::oid
+           AND objid = (broker_instance_lock_key() & 4294967295)::oid
+           AND objsubid = 1)
+$$;
+
+-- ---------------------------------------------------------------- triggers on broker_jobs
+
+-- Every way into broker_jobs (broker_add_job or a plain INSERT) passes this check, so a
+-- submitter can neither smuggle another owner nor a pre-set state past it.
+CREATE OR REPLACE FUNCTION broker_jobs_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.job_language IS NULL OR NEW.job_language NOT IN ('sql', 'plpgsql') THEN
+        RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(NEW.job_language), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use ''sql'' (statements run in order) or ''plpgsql'' (the body of a DO block).';
+    END IF;
+    IF NEW.execute_str IS NULL OR btrim(NEW.execute_str) = '' THEN
+        RAISE EXCEPTION 'execute_str of job % is empty', coalesce(quote_literal(NEW.job_name), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF NEW.run_as IS NOT NULL AND NOT pg_has_role(current_user, NEW.run_as, 'MEMBER') THEN
+        RAISE EXCEPTION 'role % may not submit a job that runs as %',
+                quote_ident(current_user), quote_ident(NEW.run_as)
+            USING ERRCODE = '42501';
+    END IF;
+    -- Only the broker (the tables' owner) makes jobs for a due time; a submitter may link a
+    -- job to a schedule of its own but cannot occupy another schedule's slot.
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        NEW.scheduled_for := NULL;
+        IF NEW.schedule_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM broker_schedule s
+                WHERE s.id = NEW.schedule_id AND pg_has_role(current_user, s.owner, 'MEMBER')) THEN
+            RAISE EXCEPTION 'schedule % is not one of role %', NEW.schedule_id, quote_ident(current_user)
+                USING ERRCODE = '42501';
+        END IF;
+    END IF;
+    NEW.owner        := current_user;
+    NEW.job_name     := coalesce(NEW.job_name, '');
+    NEW.status       := 'pending';
+    NEW.error_text   := NULL;
+    NEW.attempts     := 0;
+    NEW.run_after    := coalesce(NEW.run_after, now());
+    NEW.instance_id  := NULL;
+    NEW.backend_pid  := NULL;
+    NEW.created_at   := now();
+    NEW.started_at   := NULL;
+    NEW.completed_at := NULL;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_jobs_before_insert ON broker_jobs;
+CREATE TRIGGER broker_jobs_before_insert
+    BEFORE INSERT ON broker_jobs
+    FOR EACH ROW EXECUTE FUNCTION broker_jobs_before_insert();
+
+-- One notification per queue and statement, whatever inserted the rows; the payload is the queue.
+CREATE OR REPLACE FUNCTION broker_jobs_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('broker_jobs', q.job_queue::text)
+       FROM (SELECT DISTINCT job_queue FROM broker_new_jobs) AS q;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_jobs_notify ON broker_jobs;
+CREATE TRIGGER broker_jobs_notify
+    AFTER INSERT ON broker_jobs
+    REFERENCING NEW TABLE AS broker_new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION broker_jobs_notify();
+
+-- Whoever is not the broker (the tables' owner, a superuser or a broker_admin member) may
+-- change a job in one way only: pending to cancelled.
+CREATE OR REPLACE FUNCTION broker_jobs_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    allowed broker_jobs;
+BEGIN
+    IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER')
+       OR pg_has_role(current_user, 'broker_admin', 'MEMBER') THEN
+        RETURN NEW;
+    END IF;
+    allowed := OLD;
+    allowed.status := 'cancelled';
+    allowed.error_text := NEW.error_text;
+    allowed.completed_at := NEW.completed_at;
+    IF OLD.status <> 'pending' OR NEW IS DISTINCT FROM allowed THEN
+        RAISE EXCEPTION 'role % may only cancel pending job %, not change it otherwise',
+                quote_ident(current_user), OLD.id
+            USING ERRCODE = '42501', HINT = 'Use broker_cancel_job(id).';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_jobs_before_update ON broker_jobs;
+CREATE TRIGGER broker_jobs_before_update
+    BEFORE UPDATE ON broker_jobs
+    FOR EACH ROW EXECUTE FUNCTION broker_jobs_before_update();
+
+-- Keeps `waiting` right whoever adds an edge, and settles a job whose dependency already ended.
+CREATE OR REPLACE FUNCTION broker_job_dependencies_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    dep_status text;
+BEGIN
+    SELECT status INTO dep_status FROM broker_jobs WHERE id = NEW.depends_on;
+    IF dep_status IN ('failed', 'cancelled') THEN
+        UPDATE broker_jobs
+           SET status = 'cancelled', completed_at = now(),
+               error_text = format('dependency %s %s', NEW.depends_on, dep_status)
+         WHERE id = NEW.job_id AND status = 'pending';
+    ELSIF dep_status IS DISTINCT FROM 'completed' THEN
+        UPDATE broker_jobs SET waiting = waiting + 1 WHERE id = NEW.job_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_job_dependencies_insert ON broker_job_dependencies;
+CREATE TRIGGER broker_job_dependencies_insert
+    AFTER INSERT ON broker_job_dependencies
+    FOR EACH ROW EXECUTE FUNCTION broker_job_dependencies_insert();
+
+-- When a job ends, its dependents move on: one less to wait for, or cancelled with the reason.
+-- Cancelling a dependent fires this again for its own dependents, so it is transitive.
+CREATE OR REPLACE FUNCTION broker_jobs_after_end() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'completed' THEN
+        UPDATE broker_jobs j SET waiting = j.waiting - 1
+          FROM broker_job_dependencies d
+         WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.status = 'pending';
+        PERFORM pg_notify('broker_jobs', q.job_queue::text)
+           FROM (SELECT DISTINCT j.job_queue FROM broker_jobs j
+                   JOIN broker_job_dependencies d ON d.job_id = j.id
+                  WHERE d.depends_on = NEW.id AND j.status = 'pending' AND j.waiting = 0) q;
+    ELSE
+        UPDATE broker_jobs j
+           SET status = 'cancelled', completed_at = now(),
+               error_text = format('dependency %s %s', NEW.id, NEW.status)
+          FROM broker_job_dependencies d
+         WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.status = 'pending';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_jobs_after_end ON broker_jobs;
+CREATE TRIGGER broker_jobs_after_end
+    AFTER UPDATE OF status ON broker_jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.status IN ('completed', 'failed', 'cancelled'))
+    EXECUTE FUNCTION broker_jobs_after_end();
+
+-- ---------------------------------------------------------------- triggers on broker_schedule
+
+-- Every way into or through broker_schedule (the helpers or plain INSERT/UPDATE) passes here.
+-- The owner is whoever last wrote what runs or as whom: a schedule never runs SQL with the
+-- privileges of a role that did not write it.
+CREATE OR REPLACE FUNCTION broker_schedule_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    zone      text;
+    rewritten boolean := TG_OP = 'INSERT';
+BEGIN
+    IF NEW.schedule_name IS NULL OR btrim(NEW.schedule_name) = '' THEN
+        RAISE EXCEPTION 'schedule_name is empty' USING ERRCODE = '22023';
+    END IF;
+    IF NEW.cron IS NULL OR btrim(NEW.cron) = '' THEN
+        RAISE EXCEPTION 'cron of schedule % is empty', quote_literal(NEW.schedule_name)
+            USING ERRCODE = '22023',
+                  HINT = 'Check an expression with: pgsql-broker schedule next ''EXPR''';
+    END IF;
+    IF NEW.job_language IS NULL OR NEW.job_language NOT IN ('sql', 'plpgsql') THEN
+        RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(NEW.job_language), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use ''sql'' (statements run in order) or ''plpgsql'' (the body of a DO block).';
+    END IF;
+    IF NEW.execute_str IS NULL OR btrim(NEW.execute_str) = '' THEN
+        RAISE EXCEPTION 'execute_str of schedule % is empty', quote_literal(NEW.schedule_name)
+            USING ERRCODE = '22023';
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.timezone IS DISTINCT FROM OLD.timezone THEN
+        -- Stored in its canonical spelling, which the broker looks up in its own zone table.
+        SELECT z.name INTO zone FROM pg_timezone_names z
+         WHERE lower(z.name) = lower(btrim(NEW.timezone))
+         ORDER BY z.name = btrim(NEW.timezone) DESC, z.name
+         LIMIT 1;
+        IF zone IS NULL THEN
+            RAISE EXCEPTION 'unknown time zone % for schedule %',
+                    coalesce(quote_literal(NEW.timezone), 'NULL'), quote_literal(NEW.schedule_name)
+                USING ERRCODE = '22023',
+                      HINT = 'Use an IANA name such as UTC or Europe/Amsterdam (see pg_timezone_names).';
+        END IF;
+        NEW.timezone := zone;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        NEW.owner      := current_user;
+        NEW.enabled    := coalesce(NEW.enabled, true);
+        NEW.next_run   := NULL;
+        NEW.last_run   := NULL;
+        NEW.last_error := NULL;
+        NEW.created_at := now();
+    ELSE
+        IF NEW.execute_str IS DISTINCT FROM OLD.execute_str
+           OR NEW.job_language IS DISTINCT FROM OLD.job_language
+           OR NEW.run_as IS DISTINCT FROM OLD.run_as
+           OR NEW.owner IS DISTINCT FROM OLD.owner THEN
+            NEW.owner := current_user;
+            rewritten := true;
+        END IF;
+        -- A new expression, zone or switch starts a new series: the broker plans next_run
+        -- afresh, from now (so enabling never fires for the time it was off).
+        IF NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone
+           OR NEW.enabled IS DISTINCT FROM OLD.enabled THEN
+            NEW.next_run := NULL;
+        END IF;
+        IF NEW.enabled AND NOT OLD.enabled THEN
+            NEW.last_error := NULL;
+        END IF;
+        NEW.created_at := OLD.created_at;
+    END IF;
+    -- Checked when what runs or as whom is written, so an owner whose membership was revoked
+    -- can still disable or remove the schedule.
+    IF rewritten AND NEW.run_as IS NOT NULL
+       AND NOT pg_has_role(current_user, NEW.run_as, 'MEMBER') THEN
+        RAISE EXCEPTION 'role % may not create a schedule that runs as %',
+                quote_ident(current_user), quote_ident(NEW.run_as)
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_schedule_check ON broker_schedule;
+CREATE TRIGGER broker_schedule_check
+    BEFORE INSERT OR UPDATE ON broker_schedule
+    FOR EACH ROW EXECUTE FUNCTION broker_schedule_check();
+
+-- A schedule to plan (new, changed, enabled) or to fire now wakes the broker at once rather
+-- than at its next poll. The broker's own planning sets next_run in the future: no echo.
+CREATE OR REPLACE FUNCTION broker_schedule_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('broker_jobs', 'schedule');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_schedule_notify ON broker_schedule;
+CREATE TRIGGER broker_schedule_notify
+    AFTER INSERT OR UPDATE ON broker_schedule
+    FOR EACH ROW WHEN (NEW.enabled AND (NEW.next_run IS NULL OR NEW.next_run <= now()))
+    EXECUTE FUNCTION broker_schedule_notify();
+
+-- ---------------------------------------------------------------- the submitter's API
+
+CREATE OR REPLACE FUNCTION broker_add_job(
+    job_name      text,
+    execute_str   text,
+    job_queue     integer     DEFAULT 1,
+    job_priority  integer     DEFAULT 0,
+    job_language  text        DEFAULT 'sql',
+    run_as        name        DEFAULT NULL,
+    user_login    text        DEFAULT NULL,
+    schedule_id   bigint      DEFAULT NULL,
+    run_after     timestamptz DEFAULT NULL,
+    max_attempts  integer     DEFAULT 1,
+    timeout       interval    DEFAULT NULL,
+    transactional boolean     DEFAULT true,
+    depends_on    bigint[]    DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    new_id  bigint;
+    unknown bigint[];
+BEGIN
+    SELECT array_agg(d ORDER BY d) INTO unknown
+      FROM unnest(depends_on) AS d
+     WHERE NOT EXISTS (SELECT 1 FROM broker_jobs j WHERE j.id = d);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'depends_on names unknown job id(s) %', unknown
+            USING ERRCODE = '23503';
+    END IF;
+    INSERT INTO broker_jobs (job_name, execute_str, job_queue, job_priority, job_language, run_as,
+                             user_login, schedule_id, run_after, max_attempts, timeout, transactional)
+    VALUES ($1, $2, coalesce($3, 1), coalesce($4, 0), coalesce($5, 'sql'), $6, $7, $8, $9,
+            coalesce($10, 1), $11, coalesce($12, true))
+    RETURNING id INTO new_id;
+    INSERT INTO broker_job_dependencies (job_id, depends_on)
+    SELECT DISTINCT new_id, d FROM unnest(depends_on) AS d;
+    RETURN new_id;
+END
+$$;
+
+-- Cancels a job of the caller's (or any job, for broker_admin members): a pending one at once,
+-- a running one by cancelling its statement (the listener of the active instance delivers it).
+-- Returns the job's status afterwards.
+CREATE OR REPLACE FUNCTION broker_cancel_job(p_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    j broker_jobs;
+BEGIN
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
+    END IF;
+    IF NOT (pg_has_role(current_user, j.owner, 'MEMBER')
+            OR pg_has_role(current_user, 'broker_admin', 'MEMBER')) THEN
+        RAISE EXCEPTION 'role % may not cancel job % of %', quote_ident(current_user), p_id,
+                quote_ident(j.owner)
+            USING ERRCODE = '42501';
+    END IF;
+    UPDATE broker_jobs SET status = 'cancelled', completed_at = now(),
+                           error_text = format('cancelled by %s', current_user)
+     WHERE id = p_id AND status = 'pending';
+    IF NOT FOUND AND (SELECT status FROM broker_jobs WHERE id = p_id) = 'running' THEN
+        INSERT INTO broker_cancel_requests (job_id) VALUES (p_id) ON CONFLICT DO NOTHING;
+        PERFORM pg_notify('broker_jobs', 'cancel');
+    END IF;
+    RETURN (SELECT status FROM broker_jobs WHERE id = p_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION broker_add_schedule(
+    schedule_name text,
+    cron          text,
+    execute_str   text,
+    job_queue     integer DEFAULT 1,
+    job_priority  integer DEFAULT 0,
+    job_language  text    DEFAULT 'sql',
+    run_as        name    DEFAULT NULL,
+    user_login    text    DEFAULT NULL,
+    timezone      text    DEFAULT 'UTC',
+    overlap       boolean DEFAULT false
+) RETURNS bigint
+LANGUAGE sql AS $$
+    INSERT INTO broker_schedule (schedule_name, cron, execute_str, job_queue, job_priority,
+                                 job_language, run_as, user_login, timezone, overlap)
+    VALUES ($1, $2, $3, coalesce($4, 1), coalesce($5, 0), coalesce($6, 'sql'), $7, $8,
+            coalesce($9, 'UTC'), coalesce($10, false))
+    RETURNING id
+$$;
+
+-- Jobs the schedule already made stay (their schedule_id becomes NULL) and run as usual.
+CREATE OR REPLACE FUNCTION broker_remove_schedule(schedule_id bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM broker_schedule s WHERE s.id = $1 RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+
+-- Enabling clears last_error; the next fire time is the first one from now on.
+CREATE OR REPLACE FUNCTION broker_enable_schedule(schedule_id bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH hit AS (UPDATE broker_schedule s SET enabled = true WHERE s.id = $1 RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM hit)
+$$;
+
+CREATE OR REPLACE FUNCTION broker_disable_schedule(schedule_id bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH hit AS (UPDATE broker_schedule s SET enabled = false WHERE s.id = $1 RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM hit)
+$$;
+
+-- ---------------------------------------------------------------- the broker's API
+
+-- Makes the caller the database's active instance: a session advisory lock, so the claim dies
+-- with the connection (even on kill -9), plus a row operators can read. p_in_flight: jobs the
+-- calling process still runs from an earlier registration (its listener reconnected).
+CREATE OR REPLACE FUNCTION broker_register_instance(p_name text, p_host text, p_pid integer, p_version text,
+                                         p_in_flight bigint[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    other broker_queueinstance;
+    new_id bigint;
+BEGIN
+    IF NOT pg_try_advisory_lock(broker_instance_lock_key()) THEN
+        SELECT * INTO other FROM broker_queueinstance WHERE status = 'active' ORDER BY id DESC LIMIT 1;
+        RAISE EXCEPTION 'another broker instance is active on database %: instance % (%) on host %, pid %, last heartbeat %',
+                quote_ident(current_database()), other.id, quote_literal(other.name),
+                other.host, other.pid, other.heartbeat_at
+            USING ERRCODE = '55P03';
+    END IF;
+    -- Holding the lock proves every other instance is gone, whatever its row says.
+    UPDATE broker_queueinstance SET status = 'dead', stopped_at = now() WHERE status = 'active';
+    INSERT INTO broker_queueinstance (name, host, pid, version)
+    VALUES (p_name, p_host, p_pid, p_version)
+    RETURNING id INTO new_id;
+    PERFORM broker_recover(new_id, p_in_flight);
+    RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION broker_ping_instance(p_instance bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE broker_queueinstance SET heartbeat_at = now()
+     WHERE id = p_instance AND status = 'active';
+    RETURN FOUND;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION broker_shutdown_instance(p_instance bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE broker_queueinstance SET status = 'shutdown', stopped_at = now()
+     WHERE id = p_instance AND status = 'active';
+    IF broker_holds_instance_lock() THEN
+        PERFORM pg_advisory_unlock(broker_instance_lock_key());
+    END IF;
+END
+$$;
+
+-- Gives back what dead instances left running: a transactional job is pending again (its
+-- transaction rolled back), a non-transactional one failed ("instance died while running") or,
+-- with retry_on_crash, pending. Jobs in p_in_flight are never touched, whatever instance id
+-- they carry: the calling process runs them right now (its listener may have registered again).
+-- A row still locked belongs to a transaction still alive somewhere and waits for a later call.
+CREATE OR REPLACE FUNCTION broker_recover(p_instance bigint, p_in_flight bigint[] DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+    mine bigint[] := coalesce(p_in_flight, '{}');
+BEGIN
+    IF NOT broker_holds_instance_lock() THEN
+        RAISE EXCEPTION 'broker_recover must be called by the active instance''s listener'
+            USING ERRCODE = '55000';
+    END IF;
+    -- A dead instance's job may still be executing in a backend the server has not yet noticed
+    -- is orphaned; it holds the row lock and would run on unobserved. Only a caller holding the
+    -- instance lock (so every other instance is gone) gets here.
+    PERFORM pg_terminate_backend(a.pid)
+       FROM broker_jobs j
+       JOIN pg_stat_activity a ON a.pid = j.backend_pid
+      WHERE j.status = 'running' AND j.instance_id IS DISTINCT FROM p_instance
+        AND NOT j.id = ANY (mine)
+        AND a.application_name = left('pgsql-broker job ' || j.id, 63)
+        AND a.pid <> pg_backend_pid();
+    WITH orphans AS (
+        SELECT j.id FROM broker_jobs j
+         WHERE j.status = 'running'
+           AND NOT j.id = ANY (mine)
+           AND (j.instance_id IS DISTINCT FROM p_instance
+                -- the grace covers the moment between a claim and its worker noting it
+                OR j.started_at < now() - interval '10 seconds')
+         FOR UPDATE SKIP LOCKED
+    )
+    UPDATE broker_jobs j
+       SET status         = CASE WHEN j.transactional OR j.retry_on_crash THEN 'pending'
+                                 ELSE 'failed' END,
+           attempts       = CASE WHEN j.transactional OR j.retry_on_crash THEN j.attempts - 1
+                                 ELSE j.attempts END,
+           error_text     = CASE WHEN j.transactional THEN j.error_text
+                                 WHEN j.retry_on_crash
+                                 THEN 'instance died while running; run again (retry_on_crash)'
+                                 ELSE 'instance died while running' END,
+           -- A rolled-back transactional attempt left no trace; the others may have.
+           attempt_errors = CASE WHEN j.transactional THEN j.attempt_errors
+                                 ELSE j.attempt_errors
+                                      || format('attempt %s: instance died while running', j.attempts)
+                            END,
+           completed_at   = CASE WHEN j.transactional OR j.retry_on_crash THEN NULL ELSE now() END,
+           started_at     = CASE WHEN j.transactional OR j.retry_on_crash THEN NULL
+                                 ELSE j.started_at END,
+           instance_id    = CASE WHEN j.transactional OR j.retry_on_crash THEN NULL
+                                 ELSE j.instance_id END,
+           backend_pid    = NULL
+      FROM orphans o
+     WHERE j.id = o.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Claims up to p_limit ready jobs of a queue in priority order and marks them running. The
+-- caller commits this before running them, so the claim is visible to operators.
+CREATE OR REPLACE FUNCTION broker_get(p_queue integer, p_instance bigint, p_limit integer DEFAULT 1)
+RETURNS TABLE (id bigint, attempt integer, execute_str text, job_language text, transactional boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM broker_queueinstance qi
+                    WHERE qi.id = p_instance AND qi.status = 'active') THEN
+        RAISE EXCEPTION 'broker instance % is not the active instance', p_instance
+            USING ERRCODE = '55000';
+    END IF;
+    RETURN QUERY
+    UPDATE broker_jobs j
+       SET status = 'running', attempts = j.attempts + 1, instance_id = p_instance,
+           backend_pid = pg_backend_pid(), started_at = now(), completed_at = NULL
+     WHERE j.id = ANY (ARRAY(
+             SELECT c.id FROM broker_jobs c
+              WHERE c.status = 'pending' AND c.waiting = 0 AND c.job_queue = p_queue
+                AND c.run_after <= now()
+              ORDER BY c.job_priority DESC, c.id
+              LIMIT p_limit
+              FOR UPDATE SKIP LOCKED))
+    RETURNING j.id, j.attempts, j.execute_str, j.job_language, j.transactional;
+END
+$$;
+
+-- Makes sure the job's role has its runner, broker_exec.run_<oid>, and returns that oid. Runs in its own
+-- short transaction before the job's, so creating a runner never waits on a running job.
+CREATE OR REPLACE FUNCTION broker_prepare_job(p_id bigint) RETURNS oid
+LANGUAGE plpgsql AS $$
+DECLARE
+    j        broker_jobs;
+    role_oid oid;
+    role     name;
+    runner   text;
+    owns_schema_create boolean;
+BEGIN
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
+    END IF;
+    role := coalesce(j.run_as, j.owner);
+    SELECT oid INTO role_oid FROM pg_roles WHERE rolname = role;
+    IF role_oid IS NULL THEN
+        RAISE EXCEPTION 'role % of job % does not exist', quote_ident(role), p_id
+            USING ERRCODE = '42704';
+    END IF;
+    IF NOT pg_has_role(session_user, role_oid, 'MEMBER') THEN
+        RAISE EXCEPTION 'the broker''s login % cannot act as role % for job %',
+                quote_ident(session_user), quote_ident(role), p_id
+            USING ERRCODE = '42501',
+                  HINT = format('GRANT %I TO %I;', role, session_user);
+    END IF;
+    runner := 'run_' || role_oid;
+    IF EXISTS (SELECT 1 FROM pg_proc
+                WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
+                  AND proowner = role_oid) THEN
+        RETURN role_oid;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('pgsql-broker runner ' || role_oid, 0));
+    -- A runner owned by anyone else (e.g. a recycled oid) is not trusted.
+    EXECUTE format('DROP FUNCTION IF EXISTS broker_exec.%I(text)', runner);
+    EXECUTE format(
+        'CREATE FUNCTION broker_exec.%I(job_sql text) RETURNS void
+         LANGUAGE plpgsql SECURITY DEFINER SET search_path = "$user", public
+         AS $runner$BEGIN EXECUTE job_sql; END$runner$', runner);
+    EXECUTE format('REVOKE ALL ON FUNCTION broker_exec.%I(text) FROM PUBLIC', runner);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION broker_exec.%I(text) TO %I', runner, session_user);
+    -- Giving a function away needs the new owner to be allowed to create it there.
+    owns_schema_create := has_schema_privilege(role_oid, 'broker_exec', 'CREATE');
+    IF NOT owns_schema_create THEN
+        EXECUTE format('GRANT CREATE ON SCHEMA broker_exec TO %I', role);
+    END IF;
+    EXECUTE format('ALTER FUNCTION broker_exec.%I(text) OWNER TO %I', runner, role);
+    IF NOT owns_schema_create THEN
+        EXECUTE format('REVOKE CREATE ON SCHEMA broker_exec FROM %I', role);
+    END IF;
+    RETURN role_oid;
+END
+$$;
+
+-- Starts a claimed job in the caller's transaction: locks its row (so recovery knows it is
+-- alive), applies its timeout and exposes it to its SQL. A transactional job then runs through
+-- its role's runner. A job outside a transaction runs in the broker's own session, where RESET
+-- ROLE is possible, so it may only run as a role that already has every privilege of the
+-- broker's login; its role is set here. Returns the transaction id the completion must be
+-- recorded in (NULL for non-transactional jobs).
+CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_attempt integer, p_local boolean DEFAULT true,
+                           p_default_timeout_ms bigint DEFAULT 0)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    j broker_jobs;
+    timeout_ms bigint;
+    role name;
+BEGIN
+    -- NO KEY UPDATE: marks the job alive for recovery (which takes FOR UPDATE SKIP LOCKED)
+    -- without blocking foreign-key checks of new dependents and cancel requests.
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE;
+    IF NOT FOUND OR j.status <> 'running' OR j.attempts <> p_attempt THEN
+        RAISE EXCEPTION 'job % attempt % is not claimed (status %)', p_id, p_attempt,
+                coalesce(j.status, 'missing')
+            USING ERRCODE = '55000';
+    END IF;
+    IF EXISTS (SELECT 1 FROM broker_cancel_requests WHERE job_id = p_id) THEN
+        RAISE EXCEPTION 'job % was cancelled before it started', p_id USING ERRCODE = '57014';
+    END IF;
+    role := coalesce(j.run_as, j.owner);
+    IF NOT p_local AND NOT pg_has_role(role, session_user, 'MEMBER') THEN
+        RAISE EXCEPTION 'job % runs outside a transaction in the broker''s session, so its role % must already have the privileges of %',
+                p_id, quote_ident(role), quote_ident(session_user)
+            USING ERRCODE = '42501',
+                  HINT = 'Submit it with transactional => true, or as a role that is a member of the broker''s login.';
+    END IF;
+    timeout_ms := coalesce(ceil(extract(epoch FROM j.timeout) * 1000)::bigint, p_default_timeout_ms);
+    PERFORM set_config('statement_timeout', greatest(timeout_ms, 0)::text, p_local);
+    PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local);
+    PERFORM set_config('broker.job_id', p_id::text, p_local);
+    PERFORM set_config('broker.user_login', coalesce(j.user_login, ''), p_local);
+    IF NOT p_local THEN
+        -- set_config takes the role name as a value, never as SQL text.
+        PERFORM set_config('role', role, false);
+    END IF;
+    RETURN CASE WHEN p_local THEN txid_current() END;
+END
+$$;
+
+-- Records the end of an attempt: 'completed', 'failed' (retried with backoff while attempts
+-- remain; cancelled if a cancel was asked for) or 'pending' (handed back unstarted or rolled
+-- back by shutdown). Every failed attempt's error is kept. Returns the job's new status.
+CREATE OR REPLACE FUNCTION broker_set(p_id bigint, p_attempt integer, p_status text,
+                                      p_error text DEFAULT NULL, p_xid bigint DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    j broker_jobs;
+    cancelled_by name;
+BEGIN
+    IF p_xid IS NOT NULL AND txid_current_if_assigned() IS DISTINCT FROM p_xid THEN
+        RAISE EXCEPTION 'job % ended the broker''s transaction (COMMIT or ROLLBACK in its SQL)', p_id
+            USING ERRCODE = '2D000',
+                  HINT = 'Submit jobs that manage transactions with transactional => false.';
+    END IF;
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF j.status <> 'running' OR j.attempts <> p_attempt THEN
+        RETURN j.status;
+    END IF;
+    DELETE FROM broker_cancel_requests WHERE job_id = p_id RETURNING requested_by INTO cancelled_by;
+    IF p_status = 'completed' THEN
+        UPDATE broker_jobs SET status = 'completed', error_text = NULL, completed_at = now(),
+                               backend_pid = NULL
+         WHERE id = p_id;
+    ELSIF p_status = 'failed' AND cancelled_by IS NOT NULL THEN
+        UPDATE broker_jobs SET status = 'cancelled', completed_at = now(), backend_pid = NULL,
+                               error_text = format('cancelled by %s while running', cancelled_by)
+         WHERE id = p_id;
+    ELSIF p_status = 'failed' THEN
+        UPDATE broker_jobs
+           SET error_text = p_error, backend_pid = NULL,
+               attempt_errors = attempt_errors || format('attempt %s: %s', j.attempts, p_error)
+         WHERE id = p_id;
+        IF j.attempts < j.max_attempts THEN
+            -- Exponential backoff with jitter: about 2^attempt seconds, capped at an hour.
+            UPDATE broker_jobs SET status = 'pending', instance_id = NULL,
+                                   run_after = now() + least(3600, power(2, j.attempts))
+                                               * (0.75 + random() / 2) * interval '1 second'
+             WHERE id = p_id;
+        ELSE
+            UPDATE broker_jobs SET status = 'failed', completed_at = now() WHERE id = p_id;
+        END IF;
+    ELSIF p_status = 'pending' THEN
+        UPDATE broker_jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL,
+                               instance_id = NULL, backend_pid = NULL
+         WHERE id = p_id;
+    ELSE
+        RAISE EXCEPTION 'broker_set: status % is not one of completed, failed, pending',
+                quote_literal(p_status)
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN (SELECT status FROM broker_jobs WHERE id = p_id);
+END
+$$;
+
+-- Run by the active instance's listener: cancels the statements of jobs asked to stop.
+CREATE OR REPLACE FUNCTION broker_deliver_cancels() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    SELECT count(pg_cancel_backend(a.pid)) INTO n
+      FROM broker_cancel_requests r
+      JOIN broker_jobs j ON j.id = r.job_id AND j.status = 'running'
+      JOIN pg_stat_activity a ON a.pid = j.backend_pid
+     WHERE a.application_name = left('pgsql-broker job ' || j.id, 63);
+    RETURN n;
+END
+$$;
+
+-- Deletes up to p_batch finished jobs past their retention (NULL interval = keep forever).
+CREATE OR REPLACE FUNCTION broker_purge(p_completed interval, p_failed interval, p_batch integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM broker_jobs
+     WHERE id IN (
+        SELECT id FROM broker_jobs
+         WHERE (status = 'completed' AND completed_at < now() - p_completed)
+            OR (status IN ('failed', 'cancelled') AND completed_at < now() - p_failed)
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Fires the due time p_due of a schedule inside the broker's transaction (which holds the
+-- schedule's row lock): makes its job, unless overlap is off and the previous job is still
+-- pending or running, and moves next_run to p_next. The job and the advance commit together,
+-- so each due time fires exactly once, also across crashes and failover. The job runs as the
+-- schedule's run_as, else its owner (the broker's login only inserts it).
+-- outcome: 'fired', 'overlap' (skipped), 'duplicate' (the slot had a job), 'stale' (changed).
+CREATE OR REPLACE FUNCTION broker_fire_schedule(p_id bigint, p_due timestamptz, p_next timestamptz,
+                                     OUT job_id bigint, OUT outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s broker_schedule;
+BEGIN
+    SELECT * INTO s FROM broker_schedule WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR NOT s.enabled OR s.next_run IS DISTINCT FROM p_due THEN
+        outcome := 'stale';
+        RETURN;
+    END IF;
+    IF NOT s.overlap AND EXISTS (SELECT 1 FROM broker_jobs j
+                                  WHERE j.schedule_id = p_id AND j.status IN ('pending', 'running')) THEN
+        outcome := 'overlap';
+    ELSE
+        INSERT INTO broker_jobs (job_name, execute_str, job_queue, job_priority, job_language,
+                                 run_as, user_login, schedule_id, scheduled_for)
+        VALUES (s.schedule_name, s.execute_str, s.job_queue, s.job_priority, s.job_language,
+                coalesce(s.run_as, s.owner), s.user_login, s.id, p_due)
+        ON CONFLICT (schedule_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING
+        RETURNING id INTO job_id;
+        outcome := CASE WHEN job_id IS NULL THEN 'duplicate' ELSE 'fired' END;
+    END IF;
+    UPDATE broker_schedule
+       SET next_run = p_next,
+           last_run = CASE WHEN job_id IS NULL THEN last_run ELSE p_due END
+     WHERE id = p_id;
+END
+$$;
+
+
+-- ---------------------------------------------------------------- privileges
+
+-- Dependency bookkeeping is the broker's, whoever's change set it off: these run as the
+-- schema's owner, with a pinned search_path.
+ALTER FUNCTION broker_job_dependencies_insert() SECURITY DEFINER;
+ALTER FUNCTION broker_jobs_after_end() SECURITY DEFINER;
+DO $pin$
+BEGIN
+    EXECUTE format('ALTER FUNCTION broker_job_dependencies_insert() SET search_path = %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION broker_jobs_after_end() SET search_path = %I, pg_temp',
+                   current_schema());
+END
+$pin$;
+
+-- PUBLIC may execute nothing here; submitters get their API, the broker's login (the owner)
+-- keeps the rest.
+DO $grants$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.proname LIKE 'broker\_%'
+                AND p.pronamespace = current_schema()::regnamespace
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.proname IN ('broker_add_job', 'broker_cancel_job', 'broker_add_schedule',
+                                  'broker_remove_schedule', 'broker_enable_schedule',
+                                  'broker_disable_schedule')
+                AND p.pronamespace = current_schema()::regnamespace
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO broker_submitter', f);
+    END LOOP;
+END
+$grants$;
