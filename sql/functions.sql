@@ -25,20 +25,30 @@ $$;
 
 -- ---------------------------------------------------------------- triggers on broker_jobs
 
+-- What a job (or a schedule's jobs) runs: a known language and some SQL. p_what names the
+-- row in the error.
+CREATE OR REPLACE FUNCTION broker_check_job_text(p_language text, p_execute_str text, p_what text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_language IS NULL OR p_language NOT IN ('sql', 'plpgsql') THEN
+        RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(p_language), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use ''sql'' (statements run in order) or ''plpgsql'' (the body of a DO block).';
+    END IF;
+    IF p_execute_str IS NULL OR btrim(p_execute_str) = '' THEN
+        RAISE EXCEPTION 'execute_str of % is empty', p_what USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
 -- Every way into broker_jobs (broker_add_job or a plain INSERT) passes this check, so a
 -- submitter can neither smuggle another owner nor a pre-set state past it.
 CREATE OR REPLACE FUNCTION broker_jobs_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.job_language IS NULL OR NEW.job_language NOT IN ('sql', 'plpgsql') THEN
-        RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(NEW.job_language), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'Use ''sql'' (statements run in order) or ''plpgsql'' (the body of a DO block).';
-    END IF;
-    IF NEW.execute_str IS NULL OR btrim(NEW.execute_str) = '' THEN
-        RAISE EXCEPTION 'execute_str of job % is empty', coalesce(quote_literal(NEW.job_name), 'NULL')
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM broker_check_job_text(NEW.job_language, NEW.execute_str,
+                                  format('job %s', coalesce(quote_literal(NEW.job_name), 'NULL')));
     IF NEW.run_as IS NOT NULL AND NOT pg_has_role(current_user, NEW.run_as, 'MEMBER') THEN
         RAISE EXCEPTION 'role % may not submit a job that runs as %',
                 quote_ident(current_user), quote_ident(NEW.run_as)
@@ -195,15 +205,8 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'Check an expression with: pgsql-broker schedule next ''EXPR''';
     END IF;
-    IF NEW.job_language IS NULL OR NEW.job_language NOT IN ('sql', 'plpgsql') THEN
-        RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(NEW.job_language), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'Use ''sql'' (statements run in order) or ''plpgsql'' (the body of a DO block).';
-    END IF;
-    IF NEW.execute_str IS NULL OR btrim(NEW.execute_str) = '' THEN
-        RAISE EXCEPTION 'execute_str of schedule % is empty', quote_literal(NEW.schedule_name)
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM broker_check_job_text(NEW.job_language, NEW.execute_str,
+                                  format('schedule %s', quote_literal(NEW.schedule_name)));
     IF TG_OP = 'INSERT' OR NEW.timezone IS DISTINCT FROM OLD.timezone THEN
         -- Stored in its canonical spelling, which the broker looks up in its own zone table.
         SELECT z.name INTO zone FROM pg_timezone_names z
@@ -793,3 +796,5 @@ BEGIN
     END LOOP;
 END
 $grants$;
+-- The checks of the insert triggers run as whoever inserts; they only ever raise errors.
+GRANT EXECUTE ON FUNCTION broker_check_job_text(text, text, text) TO PUBLIC;
