@@ -25,6 +25,14 @@ $$;
 
 -- ---------------------------------------------------------------- triggers on broker_jobs
 
+-- True for the broker itself: the tables' owner (the login that installed them) or a superuser.
+-- Everyone else, broker_admin members included, is a submitter to the triggers below.
+CREATE OR REPLACE FUNCTION broker_caller_is_broker() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT pg_has_role(current_user,
+                       (SELECT relowner FROM pg_class WHERE oid = 'broker_jobs'::regclass), 'MEMBER')
+$$;
+
 -- What a job (or a schedule's jobs) runs: a known language and some SQL. p_what names the
 -- row in the error.
 CREATE OR REPLACE FUNCTION broker_check_job_text(p_language text, p_execute_str text, p_what text)
@@ -54,9 +62,10 @@ BEGIN
                 quote_ident(current_user), quote_ident(NEW.run_as)
             USING ERRCODE = '42501';
     END IF;
-    -- Only the broker (the tables' owner) makes jobs for a due time; a submitter may link a
-    -- job to a schedule of its own but cannot occupy another schedule's slot.
-    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+    NEW.owner        := current_user;
+    IF NOT broker_caller_is_broker() THEN
+        -- Only the broker makes jobs for a due time; a submitter may link a job to a schedule
+        -- of its own but cannot occupy another schedule's slot.
         NEW.scheduled_for := NULL;
         IF NEW.schedule_id IS NOT NULL AND NOT EXISTS (
                SELECT 1 FROM broker_schedule s
@@ -64,12 +73,17 @@ BEGIN
             RAISE EXCEPTION 'schedule % is not one of role %', NEW.schedule_id, quote_ident(current_user)
                 USING ERRCODE = '42501';
         END IF;
+    ELSIF NEW.scheduled_for IS NOT NULL THEN
+        -- A schedule's job belongs to the schedule's owner, who can then see and cancel it.
+        NEW.owner := coalesce((SELECT s.owner FROM broker_schedule s WHERE s.id = NEW.schedule_id),
+                              current_user);
     END IF;
-    NEW.owner        := current_user;
     NEW.job_name     := coalesce(NEW.job_name, '');
     NEW.status       := 'pending';
     NEW.error_text   := NULL;
     NEW.attempts     := 0;
+    NEW.attempt_errors := '{}';
+    NEW.waiting      := 0;
     NEW.run_after    := coalesce(NEW.run_after, now());
     NEW.instance_id  := NULL;
     NEW.backend_pid  := NULL;
@@ -101,15 +115,15 @@ CREATE TRIGGER broker_jobs_notify
     REFERENCING NEW TABLE AS broker_new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION broker_jobs_notify();
 
--- Whoever is not the broker (the tables' owner, a superuser or a broker_admin member) may
--- change a job in one way only: pending to cancelled.
+-- Whoever is not the broker may change a job in one way only: pending to cancelled. That holds
+-- for broker_admin members too, who see every job: rewriting a job's SQL or role would let
+-- them run it with privileges they lack.
 CREATE OR REPLACE FUNCTION broker_jobs_before_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     allowed broker_jobs;
 BEGIN
-    IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER')
-       OR pg_has_role(current_user, 'broker_admin', 'MEMBER') THEN
+    IF broker_caller_is_broker() THEN
         RETURN NEW;
     END IF;
     allowed := OLD;
@@ -562,6 +576,12 @@ BEGIN
         RETURN role_oid;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('pgsql-broker runner ' || role_oid, 0));
+    -- Another worker may have made it while we waited for the lock.
+    IF EXISTS (SELECT 1 FROM pg_proc
+                WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
+                  AND proowner = role_oid) THEN
+        RETURN role_oid;
+    END IF;
     -- A runner owned by anyone else (e.g. a recycled oid) is not trusted.
     EXECUTE format('DROP FUNCTION IF EXISTS broker_exec.%I(text)', runner);
     EXECUTE format(
@@ -657,7 +677,8 @@ BEGIN
         UPDATE broker_jobs SET status = 'completed', error_text = NULL, completed_at = now(),
                                backend_pid = NULL
          WHERE id = p_id;
-    ELSIF p_status = 'failed' AND cancelled_by IS NOT NULL THEN
+    ELSIF p_status IN ('failed', 'pending') AND cancelled_by IS NOT NULL THEN
+        -- Also when shutdown rolled the job back: the cancel was asked for, so it stands.
         UPDATE broker_jobs SET status = 'cancelled', completed_at = now(), backend_pid = NULL,
                                error_text = format('cancelled by %s while running', cancelled_by)
          WHERE id = p_id;
@@ -667,10 +688,11 @@ BEGIN
                attempt_errors = attempt_errors || format('attempt %s: %s', j.attempts, p_error)
          WHERE id = p_id;
         IF j.attempts < j.max_attempts THEN
-            -- Exponential backoff with jitter: about 2^attempt seconds, capped at an hour.
+            -- Exponential backoff with jitter: 2^attempt seconds ±25 %, at most an hour.
             UPDATE broker_jobs SET status = 'pending', instance_id = NULL,
-                                   run_after = now() + least(3600, power(2, j.attempts))
-                                               * (0.75 + random() / 2) * interval '1 second'
+                                   run_after = now() + least(3600, power(2, j.attempts)
+                                                                   * (0.75 + random() / 2))
+                                                       * interval '1 second'
              WHERE id = p_id;
         ELSE
             UPDATE broker_jobs SET status = 'failed', completed_at = now() WHERE id = p_id;
@@ -798,3 +820,4 @@ END
 $grants$;
 -- The checks of the insert triggers run as whoever inserts; they only ever raise errors.
 GRANT EXECUTE ON FUNCTION broker_check_job_text(text, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION broker_caller_is_broker() TO PUBLIC;

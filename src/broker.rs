@@ -143,7 +143,13 @@ impl Broker {
         let listener_shared = shared.clone();
         self.databases.push(shared);
         self.spawn(format!("listener {}", db.name), move || {
-            listener::run(listener_shared, wakers, done_rx, first_tx)
+            let guard = listener_shared.clone();
+            let run = move || listener::run(listener_shared, wakers, done_rx, first_tx);
+            // A bug in the listener must not leave the process up without serving the
+            // database: stop everything and exit non-zero, so the supervisor restarts it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                guard.fail("the listener panicked (a bug; see the log)".into());
+            }
         })?;
         Ok(first_rx)
     }

@@ -86,8 +86,8 @@ pub struct DatabaseConfig {
 pub struct BrokerConfig {
     /// Instance name recorded in `broker_queueinstance`.
     pub name: String,
-    /// Upper bound on jobs one claim may take (see README: workers claim one at a time to keep
-    /// priority order exact; the poll looks at this many runnable jobs per queue).
+    /// Accepted for compatibility and validated, but reserved: workers claim one job at a time
+    /// so priority order stays exact for jobs that arrive while others run (see README).
     pub fetch_query_que_size: u32,
     /// Seconds between polls that catch jobs a notification missed.
     pub queue_timer_sec: u64,

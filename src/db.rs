@@ -350,7 +350,7 @@ pub fn orphans_left(c: &mut Client, instance: i64) -> Result<bool, postgres::Err
 pub fn runnable_queues(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
     let rows = c.query(
         "SELECT DISTINCT job_queue FROM broker_jobs
-          WHERE status = 'pending' AND run_after <= now() AND job_queue <= $1",
+          WHERE status = 'pending' AND waiting = 0 AND run_after <= now() AND job_queue <= $1",
         &[&max_queue],
     )?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -211,8 +211,9 @@ fn reset_session(c: &mut Client) -> Result<(), postgres::Error> {
     }
 }
 
-/// A bug in the broker panicked while `job` ran: the job is failed with that reason (not left
-/// running, not silently retried) and the connection, in an unknown state, is reset.
+/// A bug in the broker panicked while `job` ran: the attempt is recorded as failed with that
+/// reason (retried like any failure while attempts remain, never left running) and the
+/// connection, in an unknown state, is reset.
 fn fail_after_panic(shared: &Shared, c: &mut Client, job: Option<&Job>) {
     log::error!(
         "database {}: worker panicked{}; see the message above",

@@ -188,3 +188,29 @@ fn status_shows_the_instance_and_counts() {
     let id: i64 = out.stdout.trim().parse().expect("add prints the id");
     db.wait_status(id, "completed");
 }
+
+/// A cancel asked for while the broker drains is not lost when the drain rolls the job back.
+#[test]
+fn cancel_during_drain_stands() {
+    let db = TestDb::new();
+    let config = db.config("", "  shutdown_timeout_sec: 3\n");
+    let mut broker = BrokerProcess::start_serving(&db, &config);
+    let id = db.add_job("broker_add_job('stuck', 'SELECT pg_sleep(60)')");
+    wait_until("job statement to run", || {
+        db.value(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgsql-broker job {id}'"
+        ))
+        .as_deref()
+            == Some("1")
+    });
+    broker.signal("TERM");
+    broker.wait_log("draining");
+    assert_eq!(
+        db.value(&format!("SELECT broker_cancel_job({id})"))
+            .as_deref(),
+        Some("running")
+    );
+    let status = broker.wait_exit(HANG);
+    assert_eq!(status.code(), Some(0), "{}", broker.log());
+    assert_eq!(db.status(id), "cancelled", "{}", broker.log());
+}

@@ -408,3 +408,56 @@ fn submitters_cannot_occupy_schedule_slots() {
         "the due-time slot is the broker's to set"
     );
 }
+
+/// Jobs a schedule makes belong to the schedule's owner, who sees and can cancel them.
+#[test]
+fn scheduled_jobs_belong_to_the_schedule_owner() {
+    let db = TestDb::new();
+    db.install();
+    let alice = submitter(&db, "alice");
+    let mut a = session(&db, &alice);
+    a.query_one(
+        "SELECT broker_add_schedule('tick', '* * * * * *', 'SELECT pg_sleep(30)')",
+        &[],
+    )
+    .expect("alice adds");
+    let _broker = BrokerProcess::start_serving(&db, &db.config("", "  queue_timer_sec: 3600\n"));
+    wait_until("a scheduled job", || {
+        db.value("SELECT count(*) FROM broker_jobs WHERE schedule_id IS NOT NULL")
+            .as_deref()
+            != Some("0")
+    });
+    let mut a = session(&db, &alice);
+    let row = a
+        .query_one("SELECT id, owner::text FROM broker_jobs WHERE schedule_id IS NOT NULL ORDER BY id LIMIT 1", &[])
+        .expect("alice sees her schedule's job");
+    assert_eq!(row.get::<_, String>(1), alice);
+}
+
+/// broker_admin sees every job but, like any submitter, may only cancel it: rewriting its SQL
+/// or role would run it with privileges the admin lacks.
+#[test]
+fn admins_cannot_rewrite_jobs() {
+    let db = TestDb::new();
+    db.install();
+    let bob = submitter(&db, "bob");
+    let admin = db.role("admin");
+    db.exec(&format!("GRANT broker_admin TO {}", quote_ident(&admin)));
+    let mut b = session(&db, &bob);
+    let bobs: i64 = b
+        .query_one(
+            "SELECT broker_add_job('bob', 'SELECT 1', run_after => now() + interval '1 hour')",
+            &[],
+        )
+        .expect("add")
+        .get(0);
+    let mut adm = session(&db, &admin);
+    for sql in [
+        "UPDATE broker_jobs SET execute_str = 'DROP TABLE x' WHERE id = $1",
+        "UPDATE broker_jobs SET run_as = 'postgres' WHERE id = $1",
+        "UPDATE broker_jobs SET owner = 'postgres' WHERE id = $1",
+    ] {
+        let err = adm.execute(sql, &[&bobs]).expect_err(sql);
+        assert_eq!(code(&err), "42501", "{sql}: {}", explain(&err));
+    }
+}
