@@ -309,7 +309,8 @@ CREATE OR REPLACE FUNCTION broker_add_job(
     max_attempts  integer     DEFAULT 1,
     timeout       interval    DEFAULT NULL,
     transactional boolean     DEFAULT true,
-    depends_on    bigint[]    DEFAULT NULL
+    depends_on    bigint[]    DEFAULT NULL,
+    retry_on_crash boolean    DEFAULT false
 ) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -324,9 +325,10 @@ BEGIN
             USING ERRCODE = '23503';
     END IF;
     INSERT INTO broker_jobs (job_name, execute_str, job_queue, job_priority, job_language, run_as,
-                             user_login, schedule_id, run_after, max_attempts, timeout, transactional)
+                             user_login, schedule_id, run_after, max_attempts, timeout, transactional,
+                             retry_on_crash)
     VALUES ($1, $2, coalesce($3, 1), coalesce($4, 0), coalesce($5, 'sql'), $6, $7, $8, $9,
-            coalesce($10, 1), $11, coalesce($12, true))
+            coalesce($10, 1), $11, coalesce($12, true), coalesce($14, false))
     RETURNING id INTO new_id;
     INSERT INTO broker_job_dependencies (job_id, depends_on)
     SELECT DISTINCT new_id, d FROM unnest(depends_on) AS d;

@@ -524,14 +524,10 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
         "broker_add_job('plain', '{}', 1, transactional => false)",
         sleeper("plain_tries")
     ));
-    let safe: i64 = db
-        .value(&format!(
-            "INSERT INTO broker_jobs (job_name, execute_str, job_queue, transactional, retry_on_crash)
-             VALUES ('safe', '{}', 2, false, true) RETURNING id",
-            sleeper("safe_tries")
-        ))
-        .and_then(|v| v.parse().ok())
-        .expect("job id");
+    let safe = db.add_job(&format!(
+        "broker_add_job('safe', '{}', 2, transactional => false, retry_on_crash => true)",
+        sleeper("safe_tries")
+    ));
     // Claimed is not yet started: wait until both really run (their first try counted).
     started(&db, "plain_tries");
     started(&db, "safe_tries");
