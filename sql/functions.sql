@@ -420,6 +420,11 @@ DECLARE
 BEGIN
     IF NOT pg_try_advisory_lock(broker_instance_lock_key()) THEN
         SELECT * INTO other FROM broker_queueinstance WHERE status = 'active' ORDER BY id DESC LIMIT 1;
+        -- The holder is this very process's own earlier session (e.g. a half-open connection
+        -- after a network cut): end it; the caller's retry then gets the lock.
+        IF other.host = p_host AND other.pid = p_pid AND other.backend_pid <> pg_backend_pid() THEN
+            PERFORM pg_terminate_backend(other.backend_pid);
+        END IF;
         RAISE EXCEPTION 'another broker instance is active on database %: instance % (%) on host %, pid %, last heartbeat %',
                 quote_ident(current_database()), other.id, quote_literal(other.name),
                 other.host, other.pid, other.heartbeat_at
@@ -574,14 +579,14 @@ BEGIN
     runner := 'run_' || role_oid;
     IF EXISTS (SELECT 1 FROM pg_proc
                 WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
-                  AND proowner = role_oid) THEN
+                  AND proowner = role_oid AND prosrc LIKE '%CLOSE ALL%') THEN
         RETURN role_oid;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('pgsql-broker runner ' || role_oid, 0));
     -- Another worker may have made it while we waited for the lock.
     IF EXISTS (SELECT 1 FROM pg_proc
                 WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
-                  AND proowner = role_oid) THEN
+                  AND proowner = role_oid AND prosrc LIKE '%CLOSE ALL%') THEN
         RETURN role_oid;
     END IF;
     -- A runner owned by anyone else (e.g. a recycled oid) is not trusted.
@@ -589,7 +594,15 @@ BEGIN
     EXECUTE format(
         'CREATE FUNCTION broker_exec.%I(job_sql text) RETURNS void
          LANGUAGE plpgsql SECURITY DEFINER SET search_path = "$user", public
-         AS $runner$BEGIN EXECUTE job_sql; END$runner$', runner);
+         AS $runner$
+         BEGIN
+             EXECUTE job_sql;
+             -- Nothing of the job may run later as the broker: deferred triggers fire and
+             -- held cursors close here, as the job''s role.
+             SET CONSTRAINTS ALL IMMEDIATE;
+             EXECUTE ''CLOSE ALL'';
+         END
+         $runner$', runner);
     EXECUTE format('REVOKE ALL ON FUNCTION broker_exec.%I(text) FROM PUBLIC', runner);
     EXECUTE format('GRANT EXECUTE ON FUNCTION broker_exec.%I(text) TO %I', runner, session_user);
     -- Giving a function away needs the new owner to be allowed to create it there.
@@ -783,20 +796,60 @@ END
 $$;
 
 
+-- Settles dependents whose bookkeeping missed an end: an edge committed after its dependency
+-- ended (the dependency's trigger could not see it), or a dependency deleted. Recomputes
+-- `waiting` from the edges and cancels dependents of failed or cancelled jobs. Run each poll.
+CREATE OR REPLACE FUNCTION broker_settle_dependencies() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH counts AS (
+        SELECT w.id,
+               count(dj.id) FILTER (WHERE dj.status <> 'completed') AS open,
+               min(dj.id) FILTER (WHERE dj.status IN ('failed', 'cancelled')) AS bad
+          FROM broker_jobs w
+          LEFT JOIN broker_job_dependencies d ON d.job_id = w.id
+          LEFT JOIN broker_jobs dj ON dj.id = d.depends_on
+         WHERE w.status = 'pending' AND w.waiting > 0
+         GROUP BY w.id
+    )
+    UPDATE broker_jobs j
+       SET waiting      = CASE WHEN c.bad IS NULL THEN c.open ELSE j.waiting END,
+           status       = CASE WHEN c.bad IS NULL THEN j.status ELSE 'cancelled' END,
+           completed_at = CASE WHEN c.bad IS NULL THEN j.completed_at ELSE now() END,
+           error_text   = CASE WHEN c.bad IS NULL THEN j.error_text
+                               ELSE format('dependency %s %s', c.bad,
+                                           (SELECT status FROM broker_jobs WHERE id = c.bad)) END
+      FROM counts c
+     WHERE j.id = c.id AND j.status = 'pending' AND (c.bad IS NOT NULL OR c.open <> j.waiting);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 -- ---------------------------------------------------------------- privileges
 
 -- Dependency bookkeeping is the broker's, whoever's change set it off: these run as the
--- schema's owner, with a pinned search_path.
+-- schema's owner (with the pinned search_path below).
 ALTER FUNCTION broker_job_dependencies_insert() SECURITY DEFINER;
 ALTER FUNCTION broker_jobs_after_end() SECURITY DEFINER;
-DO $pin$
+
+-- Every function resolves names in pg_catalog, then the install schema, then (last) pg_temp:
+-- a caller's temp table named like ours, or its search_path, must not redirect the broker.
+DO $search_path$
+DECLARE
+    f regprocedure;
 BEGIN
-    EXECUTE format('ALTER FUNCTION broker_job_dependencies_insert() SET search_path = %I, pg_temp',
-                   current_schema());
-    EXECUTE format('ALTER FUNCTION broker_jobs_after_end() SET search_path = %I, pg_temp',
-                   current_schema());
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.proname LIKE 'broker\_%'
+                AND p.pronamespace = current_schema()::regnamespace
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
+                       current_schema());
+    END LOOP;
 END
-$pin$;
+$search_path$;
 
 -- PUBLIC may execute nothing here; submitters get their API, the broker's login (the owner)
 -- keeps the rest.

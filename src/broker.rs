@@ -51,6 +51,12 @@ impl Broker {
     ///
     /// On failure everything started is stopped again.
     pub fn start(config: Config) -> Result<Broker, Error> {
+        Self::start_with(config, StopHandle::default())
+    }
+
+    /// [`start`](Self::start) with a stop handle made beforehand, so a signal that arrives
+    /// while databases are still being connected already drains them.
+    pub fn start_with(config: Config, stop: StopHandle) -> Result<Broker, Error> {
         config.validate()?;
         let process = Arc::new(Process {
             standby: config.broker.standby,
@@ -59,7 +65,7 @@ impl Broker {
             last_hand_over: Mutex::new(None),
         });
         let mut broker = Broker {
-            stop: StopHandle::default(),
+            stop,
             threads: Vec::new(),
             databases: Vec::new(),
         };

@@ -202,9 +202,10 @@ fn start(config: Config) -> Result<i32, Error> {
     std::panic::set_hook(Box::new(|info| {
         log::error!("internal error (a bug): {info}")
     }));
-    let broker = Broker::start(config)?;
-    shutdown::install(broker.stop_handle())
+    let stop = crate::broker::StopHandle::default();
+    shutdown::install(stop.clone())
         .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let broker = Broker::start_with(config, stop)?;
     broker.wait()?;
     log::info!("stopped");
     Ok(0)

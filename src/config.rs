@@ -521,22 +521,61 @@ impl Config {
             return invalid("databases".into(), "at least one database is required");
         }
         let b = &self.broker;
-        for (key, value) in [
-            ("fetch_query_que_size", b.fetch_query_que_size as u64),
-            ("queue_timer_sec", b.queue_timer_sec),
-            ("queue_buffer_size", b.queue_buffer_size as u64),
-            ("workers_per_queue", b.workers_per_queue as u64),
-            ("retention_batch_size", b.retention_batch_size as u64),
+        const DAY: u64 = 86_400;
+        // Upper bounds keep timers and thread counts sane (and arithmetic on them from
+        // overflowing); a value beyond them is a typo, not a wish.
+        for (key, value, min, max) in [
+            (
+                "fetch_query_que_size",
+                b.fetch_query_que_size as u64,
+                1,
+                100_000,
+            ),
+            ("queue_timer_sec", b.queue_timer_sec, 1, DAY),
+            (
+                "queue_buffer_size",
+                b.queue_buffer_size as u64,
+                1,
+                1_000_000,
+            ),
+            ("workers_per_queue", b.workers_per_queue as u64, 1, 64),
+            (
+                "retention_batch_size",
+                b.retention_batch_size as u64,
+                1,
+                1_000_000,
+            ),
+            ("worker_idle_timeout_sec", b.worker_idle_timeout_sec, 0, DAY),
+            ("shutdown_timeout_sec", b.shutdown_timeout_sec, 0, DAY),
+            (
+                "notify_retry_seconds",
+                b.notify_retry_seconds.as_secs_f64().ceil() as u64,
+                1,
+                DAY,
+            ),
+            (
+                "default_job_timeout",
+                b.default_job_timeout.as_secs(),
+                0,
+                365 * DAY,
+            ),
+            (
+                "retention_completed",
+                b.retention_completed.as_secs(),
+                0,
+                100 * 365 * DAY,
+            ),
+            (
+                "retention_failed",
+                b.retention_failed.as_secs(),
+                0,
+                100 * 365 * DAY,
+            ),
         ] {
-            if value == 0 {
-                return invalid(format!("broker.{key}"), "must be at least 1");
+            if !(min..=max).contains(&value) {
+                let message = format!("must be between {min} and {max} (seconds for durations)");
+                return invalid(format!("broker.{key}"), &message);
             }
-        }
-        if b.notify_retry_seconds.is_zero() {
-            return invalid(
-                "broker.notify_retry_seconds".into(),
-                "must be more than zero",
-            );
         }
         for (i, db) in self.databases.iter().enumerate() {
             let key = |k: &str| format!("databases[{i}].{k}");
@@ -552,11 +591,11 @@ impl Config {
                     &format!("{:?} is used by two databases", db.name),
                 );
             }
-            if db.queue_count == 0 {
-                return invalid(key("queue_count"), "must be at least 1");
+            if !(1..=1000).contains(&db.queue_count) {
+                return invalid(key("queue_count"), "must be between 1 and 1000");
             }
-            if db.max_open_conns == 0 {
-                return invalid(key("max_open_conns"), "must be at least 1");
+            if !(1..=10_000).contains(&db.max_open_conns) {
+                return invalid(key("max_open_conns"), "must be between 1 and 10000");
             }
         }
         Ok(())

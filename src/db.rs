@@ -491,6 +491,12 @@ pub fn status_report(c: &mut Client) -> Result<Vec<String>, postgres::Error> {
     Ok(lines)
 }
 
+/// Fixes dependents whose dependency's end was missed (see `broker_settle_dependencies`).
+pub fn settle_dependencies(c: &mut Client) -> Result<i32, postgres::Error> {
+    Ok(c.query_one("SELECT broker_settle_dependencies()", &[])?
+        .get(0))
+}
+
 /// Cancels the statements of running jobs whose cancel was asked for; returns how many.
 pub fn deliver_cancels(c: &mut Client) -> Result<i32, postgres::Error> {
     Ok(c.query_one("SELECT broker_deliver_cancels()", &[])?.get(0))
@@ -593,7 +599,9 @@ pub fn plan_schedule(
     next_run: std::time::SystemTime,
 ) -> Result<(), postgres::Error> {
     c.execute(
-        "UPDATE broker_schedule SET next_run = $2 WHERE id = $1 AND enabled AND next_run IS NULL",
+        "UPDATE broker_schedule SET next_run = $2
+          WHERE id = (SELECT id FROM broker_schedule
+                       WHERE id = $1 AND enabled AND next_run IS NULL FOR UPDATE SKIP LOCKED)",
         &[&id, &next_run],
     )
     .map(drop)
@@ -638,7 +646,8 @@ pub fn disable_schedule(
     error: &str,
 ) -> Result<(), postgres::Error> {
     c.execute(
-        "UPDATE broker_schedule SET enabled = false, last_error = $2 WHERE id = $1",
+        "UPDATE broker_schedule SET enabled = false, last_error = $2
+          WHERE id = (SELECT id FROM broker_schedule WHERE id = $1 FOR UPDATE SKIP LOCKED)",
         &[&id, &error],
     )
     .map(drop)

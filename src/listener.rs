@@ -108,9 +108,17 @@ pub(crate) fn run(
             }
             Err(Interrupted::Superseded) => {
                 shared.set_instance(None);
-                let Some((client, _)) = session.take() else {
+                let Some((mut client, instance)) = session.take() else {
                     break;
                 };
+                // Release the instance lock this session may still hold, or a standby (this
+                // one included) would wait for it forever.
+                if let Err(e) = instance.shutdown(&mut client) {
+                    log::debug!(
+                        "database {name}: releasing the superseded instance: {}",
+                        describe(&e)
+                    );
+                }
                 if !shared.process.standby {
                     shared.fail("another broker instance took over".into());
                     break;
@@ -243,6 +251,13 @@ fn poll(
     }
     // A cancel whose notification was missed still arrives, one poll late.
     db::deliver_cancels(client)?;
+    let settled = db::settle_dependencies(client)?;
+    if settled > 0 {
+        log::info!(
+            "database {}: settled {settled} dependent job(s) a dependency's end had missed",
+            shared.db.name
+        );
+    }
     purge(shared, client)?;
     let schedule_wait = crate::scheduler::run(&shared.db.name, client)?;
     Ok((db::orphans_left(client, instance.id)?, schedule_wait))

@@ -8,9 +8,9 @@ use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::config::{LogFormat, LogLevel, LoggingConfig};
 
-/// The database driver logs every statement with its parameters at debug level, and job
-/// notices at info: job SQL and user data do not belong in the broker's log, so it is muted.
-const DRIVER_TARGET: &str = "tokio_postgres";
+/// The database driver (`tokio_postgres`, and `postgres` for server notices) logs every
+/// statement with its parameters at debug level, and notices at info: job SQL and user data do not belong in the broker's log, so it is muted.
+const DRIVER_TARGETS: [&str; 2] = ["tokio_postgres", "postgres"];
 
 /// Installs the process-wide logger. `debug` (the config's `enable_debug`) raises the level to
 /// at least debug.
@@ -31,7 +31,8 @@ pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
                 .set_time_format_rfc3339()
                 .set_target_level(LevelFilter::Off)
                 .set_thread_level(LevelFilter::Off)
-                .add_filter_ignore_str(DRIVER_TARGET)
+                .add_filter_ignore_str(DRIVER_TARGETS[0])
+                .add_filter_ignore_str(DRIVER_TARGETS[1])
                 .build();
             simplelog::WriteLogger::init(level, cfg, std::io::stderr()).map_err(|e| e.to_string())
         }
@@ -50,7 +51,10 @@ struct JsonLogger {
 
 impl Log for JsonLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level && !metadata.target().starts_with(DRIVER_TARGET)
+        metadata.level() <= self.level
+            && !DRIVER_TARGETS
+                .iter()
+                .any(|t| metadata.target().starts_with(t))
     }
 
     fn log(&self, record: &Record) {

@@ -115,8 +115,13 @@ fn run_next(
     } else {
         run_in_session(c, &job, shared)
     };
-    reset_session(c)?;
-    let outcome = result?;
+    let left_open = reset_session(c)?;
+    let mut outcome = result?;
+    if left_open && !job.transactional {
+        outcome = Some(Outcome::Failed(
+            "the job left a transaction open (BEGIN without COMMIT); it was rolled back".into(),
+        ));
+    }
     let status = match &outcome {
         Some(outcome) => db::finish_job(c, &job, outcome, None)?,
         None => Some("completed".into()),
@@ -157,11 +162,21 @@ fn run_in_transaction(
         let mut tx = c.transaction()?;
         let xid = db::begin_job(&mut tx, job, shared.settings.default_job_timeout)?;
         runner.run(&mut tx, &job.sql())?;
-        db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
-        tx.commit()
+        // A submitter holding a lock on a dependent row must not stall the queue for long.
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'")?;
+        let status = db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
+        if status.as_deref() != Some("completed") {
+            // The row is no longer this attempt's (recovered or cancelled meanwhile): the
+            // job's effects must not commit without its completion. Dropping tx rolls back.
+            return Ok(false);
+        }
+        tx.commit().map(|()| true)
     });
     match result {
-        Ok(()) => Ok(None),
+        Ok(true) => Ok(None),
+        Ok(false) => Ok(Some(Outcome::Failed(
+            "the job changed hands while it ran (recovered or cancelled); rolled back".into(),
+        ))),
         Err(e) if db::is_statement_error(&e) => {
             if shared.is_stopping() && db::is_query_canceled(&e) {
                 Ok(Some(Outcome::Pending))
@@ -196,8 +211,9 @@ fn run_in_session(
 }
 
 /// Clears whatever session state a job left (SET, temp tables, LISTEN, advisory locks, role,
-/// an open transaction) so it cannot leak into the next job on this connection.
-fn reset_session(c: &mut Client) -> Result<(), postgres::Error> {
+/// an open transaction) so it cannot leak into the next job on this connection. True when a
+/// transaction had been left open and was rolled back.
+fn reset_session(c: &mut Client) -> Result<bool, postgres::Error> {
     use postgres::error::SqlState;
     match c.batch_execute("DISCARD ALL") {
         Err(e)
@@ -205,9 +221,10 @@ fn reset_session(c: &mut Client) -> Result<(), postgres::Error> {
                 || e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) =>
         {
             c.batch_execute("ROLLBACK")?;
-            c.batch_execute("DISCARD ALL")
+            c.batch_execute("DISCARD ALL")?;
+            Ok(true)
         }
-        other => other,
+        other => other.map(|()| false),
     }
 }
 
@@ -224,7 +241,7 @@ fn fail_after_panic(shared: &Shared, c: &mut Client, job: Option<&Job>) {
     let Some(job) = job else { return };
     let reason =
         Outcome::Failed("the broker panicked while running this job (a bug; see its log)".into());
-    if let Err(e) = reset_session(c).and_then(|()| db::finish_job(c, job, &reason, None)) {
+    if let Err(e) = reset_session(c).and_then(|_| db::finish_job(c, job, &reason, None)) {
         log::error!(
             "database {}: cannot record job {} as failed after the panic: {}; recovery will",
             shared.db.name,

@@ -331,3 +331,46 @@ fn claim_ignores_waiting_dependents() {
     );
     assert!(!full.contains("Seq Scan"), "{full}");
 }
+
+/// A dependent whose dependency's end went unseen (an edge committed late) is settled by the
+/// next poll, not left waiting forever.
+#[test]
+fn missed_dependency_ends_are_settled() {
+    let db = TestDb::new();
+    db.install();
+    let a = db.add_job("broker_add_job('A', 'SELECT 1')");
+    let bad = db.add_job("broker_add_job('bad', 'SELECT 1/0')");
+    let _broker = broker(&db, "  queue_timer_sec: 1\n");
+    db.wait_status(a, "completed");
+    db.wait_status(bad, "failed");
+    // Edges as if they had committed after the ends (the broker's own bookkeeping bypassed).
+    let b = db.add_job("broker_add_job('B', 'SELECT 1', run_after => now() + interval '1 hour')");
+    let c = db.add_job("broker_add_job('C', 'SELECT 1', run_after => now() + interval '1 hour')");
+    db.exec(&format!(
+        "ALTER TABLE broker_job_dependencies DISABLE TRIGGER USER;
+         INSERT INTO broker_job_dependencies VALUES ({b}, {a}), ({c}, {bad});
+         ALTER TABLE broker_job_dependencies ENABLE TRIGGER USER;
+         UPDATE broker_jobs SET waiting = 1, run_after = now() WHERE id IN ({b}, {c});"
+    ));
+    db.wait_status(b, "completed");
+    db.wait_status(c, "cancelled");
+    assert_eq!(error_text(&db, c), format!("dependency {bad} failed"));
+}
+
+#[test]
+fn non_transactional_job_leaving_a_transaction_open_fails() {
+    let db = TestDb::new();
+    db.install();
+    db.exec("CREATE TABLE t (x int)");
+    let _broker = broker(&db, "  queue_timer_sec: 3600\n");
+    let id = db.add_job(
+        "broker_add_job('open', 'BEGIN; INSERT INTO t VALUES (1)', transactional => false)",
+    );
+    db.wait_status(id, "failed");
+    assert!(
+        error_text(&db, id).contains("left a transaction open"),
+        "{}",
+        error_text(&db, id)
+    );
+    assert_eq!(db.value("SELECT count(*) FROM t").as_deref(), Some("0"));
+}

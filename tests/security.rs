@@ -461,3 +461,81 @@ fn admins_cannot_rewrite_jobs() {
         assert_eq!(code(&err), "42501", "{sql}: {}", explain(&err));
     }
 }
+
+/// Tricks that would make the broker's login run a job's code after the job's SQL returns: a
+/// temp table shadowing broker_jobs with a trigger, a deferred constraint trigger, a holdable
+/// cursor. All of it must run as the job's role, or not at all.
+#[test]
+fn nothing_of_a_job_runs_as_the_broker() {
+    let db = TestDb::new();
+    db.install();
+    let alice = submitter(&db, "alice");
+    db.exec(&format!(
+        "CREATE TABLE loot (who text); GRANT INSERT ON loot TO {}",
+        quote_ident(&alice)
+    ));
+    let _broker = BrokerProcess::start_serving(&db, &db.config("", "  queue_timer_sec: 3600\n"));
+    let record = "CREATE FUNCTION pg_temp.rec() RETURNS trigger LANGUAGE plpgsql AS $f$BEGIN INSERT INTO public.loot VALUES (current_user); RETURN NULL; END$f$;";
+    let shadow = format!(
+        "{record} CREATE TEMP TABLE broker_jobs AS SELECT * FROM public.broker_jobs WHERE id = current_setting('broker.job_id')::bigint;
+         CREATE TRIGGER t BEFORE UPDATE ON pg_temp.broker_jobs FOR EACH ROW EXECUTE FUNCTION pg_temp.rec();"
+    );
+    let deferred = format!(
+        "{record} CREATE TEMP TABLE d (x int);
+         CREATE CONSTRAINT TRIGGER c AFTER INSERT ON d DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_temp.rec();
+         INSERT INTO d VALUES (1);"
+    );
+    let cursor = "CREATE FUNCTION pg_temp.h() RETURNS int LANGUAGE plpgsql AS $f$BEGIN INSERT INTO public.loot VALUES (current_user); RETURN 1; END$f$;
+         DECLARE c CURSOR WITH HOLD FOR SELECT pg_temp.h();".to_string();
+    let mut a = session(&db, &alice);
+    let mut ids = Vec::new();
+    for sql in [&shadow, &deferred, &cursor] {
+        let id: i64 = a
+            .query_one("SELECT broker_add_job('trick', $1)", &[sql])
+            .expect("add")
+            .get(0);
+        ids.push(id);
+    }
+    for id in &ids {
+        wait_until("the trick job to end", || {
+            matches!(db.status(*id).as_str(), "completed" | "failed")
+        });
+    }
+    let who = db
+        .value("SELECT coalesce(string_agg(DISTINCT who, ','), '') FROM loot")
+        .unwrap_or_default();
+    assert!(who.is_empty() || who == alice, "code ran as {who}");
+    // The shadowing table did not fool the completion either: the real row is finished.
+    assert_ne!(db.status(ids[0]), "running");
+}
+
+#[test]
+fn submitters_cannot_pick_ids_or_schedule_times() {
+    let db = TestDb::new();
+    db.install();
+    let alice = submitter(&db, "alice");
+    let mut a = session(&db, &alice);
+    let err = a
+        .batch_execute("INSERT INTO broker_jobs (id, execute_str) VALUES (424242, 'SELECT 1')")
+        .expect_err("ids are the broker's");
+    assert_eq!(code(&err), "428C9", "{}", explain(&err));
+    let id: i64 = a
+        .query_one("SELECT broker_add_schedule('s', '@daily', 'SELECT 1')", &[])
+        .expect("add")
+        .get(0);
+    for sql in [
+        "UPDATE broker_schedule SET last_run = 'infinity' WHERE id = $1",
+        "UPDATE broker_schedule SET next_run = now() - interval '1 year' WHERE id = $1",
+        "UPDATE broker_schedule SET owner = 'postgres' WHERE id = $1",
+    ] {
+        let err = a.execute(sql, &[&id]).expect_err(sql);
+        assert_eq!(code(&err), "42501", "{sql}: {}", explain(&err));
+    }
+    let err = a
+        .execute(
+            "INSERT INTO broker_cancel_requests (job_id, requested_by) VALUES (1, 'postgres')",
+            &[],
+        )
+        .expect_err("requested_by is not the submitter's to write");
+    assert_eq!(code(&err), "42501", "{}", explain(&err));
+}
