@@ -18,7 +18,8 @@ use crate::{listener, worker};
 /// A running broker. `stop()` begins a graceful drain; `wait()` returns once it is done.
 pub struct Broker {
     stop: StopHandle,
-    threads: Vec<JoinHandle<()>>,
+    /// Listener threads, then worker threads with their database.
+    threads: Vec<(JoinHandle<()>, Option<Arc<Shared>>)>,
     databases: Vec<Arc<Shared>>,
 }
 
@@ -129,6 +130,7 @@ impl Broker {
             stop: self.stop.clone(),
             running: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
         });
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let mut wakers = Vec::new();
@@ -137,10 +139,13 @@ impl Broker {
             let (wake_tx, wake_rx) = crossbeam_channel::bounded(settings.queue_buffer_size);
             wakers.push(wake_tx);
             for _ in 0..settings.workers_per_queue {
-                let (shared, wake_rx, done_tx) = (shared.clone(), wake_rx.clone(), done_tx.clone());
-                self.spawn(format!("worker {} q{queue}", db.name), move || {
-                    worker::run(shared, queue, slot, wake_rx, done_tx)
-                })?;
+                let (worker_shared, wake_rx, done_tx) =
+                    (shared.clone(), wake_rx.clone(), done_tx.clone());
+                self.spawn(
+                    format!("worker {} q{queue}", db.name),
+                    Some(shared.clone()),
+                    move || worker::run(worker_shared, queue, slot, wake_rx, done_tx),
+                )?;
                 slot += 1;
             }
         }
@@ -148,7 +153,7 @@ impl Broker {
         let (first_tx, first_rx) = mpsc::channel();
         let listener_shared = shared.clone();
         self.databases.push(shared);
-        self.spawn(format!("listener {}", db.name), move || {
+        self.spawn(format!("listener {}", db.name), None, move || {
             let guard = listener_shared.clone();
             let run = move || listener::run(listener_shared, wakers, done_rx, first_tx);
             // A bug in the listener must not leave the process up without serving the
@@ -160,12 +165,17 @@ impl Broker {
         Ok(first_rx)
     }
 
-    fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+    fn spawn(
+        &mut self,
+        name: String,
+        worker_of: Option<Arc<Shared>>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Error> {
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(f)
             .map_err(|e| Error::Runtime(format!("cannot start thread {name}: {e}")))?;
-        self.threads.push(handle);
+        self.threads.push((handle, worker_of));
         Ok(())
     }
 
@@ -191,7 +201,16 @@ impl Broker {
     /// Waits until every thread has finished (after `stop()` or a fatal database error).
     pub fn wait(self) -> Result<(), Error> {
         let mut panicked = Vec::new();
-        for handle in self.threads {
+        // Listeners first: their drain decides whether workers that ignored the cancel are
+        // left behind, in which case waiting for them would hang the shutdown for good.
+        let (listeners, workers): (Vec<_>, Vec<_>) = self
+            .threads
+            .into_iter()
+            .partition(|(_, worker_of)| worker_of.is_none());
+        for (handle, worker_of) in listeners.into_iter().chain(workers) {
+            if worker_of.is_some_and(|s| s.workers_abandoned()) {
+                continue; // detached: the process exit ends it, the server rolls it back
+            }
             let name = handle.thread().name().unwrap_or("?").to_string();
             if handle.join().is_err() {
                 panicked.push(name);
@@ -268,9 +287,19 @@ pub(crate) struct Shared {
     running: Mutex<HashMap<usize, (i64, CancelToken)>>,
     /// Why this database stopped being served, when it was not a requested stop.
     fatal: Mutex<Option<String>>,
+    /// Set when shutdown gave up on workers that did not stop after their job was cancelled.
+    abandoned: AtomicBool,
 }
 
 impl Shared {
+    pub fn abandon_workers(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
+
+    pub fn workers_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stop.is_stopped()
     }

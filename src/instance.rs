@@ -52,17 +52,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Becomes the active instance of the database `client` is connected to, or explains who is.
-    pub fn register(
-        client: &mut Client,
-        db: &DatabaseConfig,
-        name: &str,
-    ) -> Result<Instance, Error> {
-        Self::register_with(client, db, name, &[], TAKEOVER_GRACE)
-    }
-
-    /// [`register`](Self::register), leaving the jobs in `in_flight` (this process's workers
-    /// still run them) to their workers, retrying a held lock for `grace`.
+    /// Becomes the active instance of the database `client` is connected to, or explains who
+    /// is. Jobs in `in_flight` (this process's workers still run them) are left to their
+    /// workers; a held lock is retried for `grace`.
     fn register_with(
         client: &mut Client,
         db: &DatabaseConfig,

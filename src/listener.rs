@@ -330,6 +330,7 @@ fn drain(shared: &Shared, wakers: Vec<Sender<()>>, done: Receiver<()>) {
         // Cancelled jobs end at once; this bound only guards against a hang.
         if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(60)) {
             log::error!("database {name}: workers did not stop after cancel; leaving them");
+            shared.abandon_workers();
         }
     }
 }
