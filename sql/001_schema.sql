@@ -69,6 +69,9 @@ CREATE TABLE broker_jobs (
     -- One entry per failed attempt, oldest first: "attempt N: SQLSTATE ...".
     attempt_errors text[]      NOT NULL DEFAULT '{}',
     attempts       integer     NOT NULL DEFAULT 0,
+    -- Unique per claim (from broker_claims): a worker may only start and finish the claim it
+    -- holds, even if the job was recovered and claimed again meanwhile. NULL when unclaimed.
+    claim          bigint,
     max_attempts   integer     NOT NULL DEFAULT 1 CHECK (max_attempts >= 1),
     run_after      timestamptz NOT NULL DEFAULT now(),
     timeout        interval,
@@ -84,6 +87,8 @@ CREATE TABLE broker_jobs (
     started_at     timestamptz,
     completed_at   timestamptz
 );
+
+CREATE SEQUENCE broker_claims;
 
 -- The claim reads this index in order (highest priority, then oldest); waiting dependents are
 -- not in it, so many of them cost the claim nothing.

@@ -498,6 +498,7 @@ BEGIN
     UPDATE broker_jobs j
        SET status         = CASE WHEN j.transactional OR j.retry_on_crash THEN 'pending'
                                  ELSE 'failed' END,
+           claim          = NULL,
            attempts       = CASE WHEN j.transactional OR j.retry_on_crash THEN j.attempts - 1
                                  ELSE j.attempts END,
            error_text     = CASE WHEN j.transactional THEN j.error_text
@@ -525,7 +526,8 @@ $$;
 -- Claims up to p_limit ready jobs of a queue in priority order and marks them running. The
 -- caller commits this before running them, so the claim is visible to operators.
 CREATE OR REPLACE FUNCTION broker_get(p_queue integer, p_instance bigint, p_limit integer DEFAULT 1)
-RETURNS TABLE (id bigint, attempt integer, execute_str text, job_language text, transactional boolean)
+RETURNS TABLE (id bigint, claim bigint, attempt integer, execute_str text, job_language text,
+               transactional boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -536,7 +538,8 @@ BEGIN
     END IF;
     RETURN QUERY
     UPDATE broker_jobs j
-       SET status = 'running', attempts = j.attempts + 1, instance_id = p_instance,
+       SET status = 'running', attempts = j.attempts + 1, claim = nextval('broker_claims'),
+           instance_id = p_instance,
            backend_pid = pg_backend_pid(), started_at = now(), completed_at = NULL
      WHERE j.id = ANY (ARRAY(
              SELECT c.id FROM broker_jobs c
@@ -545,7 +548,7 @@ BEGIN
               ORDER BY c.job_priority DESC, c.id
               LIMIT p_limit
               FOR UPDATE SKIP LOCKED))
-    RETURNING j.id, j.attempts, j.execute_str, j.job_language, j.transactional;
+    RETURNING j.id, j.claim, j.attempts, j.execute_str, j.job_language, j.transactional;
 END
 $$;
 
@@ -624,7 +627,7 @@ $$;
 -- ROLE is possible, so it may only run as a role that already has every privilege of the
 -- broker's login; its role is set here. Returns the transaction id the completion must be
 -- recorded in (NULL for non-transactional jobs).
-CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_attempt integer, p_local boolean DEFAULT true,
+CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean DEFAULT true,
                            p_default_timeout_ms bigint DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -636,8 +639,8 @@ BEGIN
     -- NO KEY UPDATE: marks the job alive for recovery (which takes FOR UPDATE SKIP LOCKED)
     -- without blocking foreign-key checks of new dependents and cancel requests.
     SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE;
-    IF NOT FOUND OR j.status <> 'running' OR j.attempts <> p_attempt THEN
-        RAISE EXCEPTION 'job % attempt % is not claimed (status %)', p_id, p_attempt,
+    IF NOT FOUND OR j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
+        RAISE EXCEPTION 'job % is not held by claim % (status %)', p_id, p_claim,
                 coalesce(j.status, 'missing')
             USING ERRCODE = '55000';
     END IF;
@@ -667,7 +670,7 @@ $$;
 -- Records the end of an attempt: 'completed', 'failed' (retried with backoff while attempts
 -- remain; cancelled if a cancel was asked for) or 'pending' (handed back unstarted or rolled
 -- back by shutdown). Every failed attempt's error is kept. Returns the job's new status.
-CREATE OR REPLACE FUNCTION broker_set(p_id bigint, p_attempt integer, p_status text,
+CREATE OR REPLACE FUNCTION broker_set(p_id bigint, p_claim bigint, p_status text,
                                       p_error text DEFAULT NULL, p_xid bigint DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -684,7 +687,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    IF j.status <> 'running' OR j.attempts <> p_attempt THEN
+    IF j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
         RETURN j.status;
     END IF;
     DELETE FROM broker_cancel_requests WHERE job_id = p_id RETURNING requested_by INTO cancelled_by;
@@ -704,7 +707,7 @@ BEGIN
          WHERE id = p_id;
         IF j.attempts < j.max_attempts THEN
             -- Exponential backoff with jitter: 2^attempt seconds ±25 %, at most an hour.
-            UPDATE broker_jobs SET status = 'pending', instance_id = NULL,
+            UPDATE broker_jobs SET status = 'pending', instance_id = NULL, claim = NULL,
                                    run_after = now() + least(3600, power(2, j.attempts)
                                                                    * (0.75 + random() / 2))
                                                        * interval '1 second'
@@ -713,7 +716,8 @@ BEGIN
             UPDATE broker_jobs SET status = 'failed', completed_at = now() WHERE id = p_id;
         END IF;
     ELSIF p_status = 'pending' THEN
-        UPDATE broker_jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL,
+        UPDATE broker_jobs SET status = 'pending', attempts = attempts - 1, claim = NULL,
+                               started_at = NULL,
                                instance_id = NULL, backend_pid = NULL
          WHERE id = p_id;
     ELSE

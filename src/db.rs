@@ -200,6 +200,8 @@ pub enum Language {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: i64,
+    /// The claim token `broker_get` gave; starting and finishing the job need it.
+    pub claim: i64,
     pub attempt: i32,
     pub execute_str: String,
     pub language: Language,
@@ -373,21 +375,22 @@ pub fn claim(
     limit: i32,
 ) -> Result<Vec<Job>, postgres::Error> {
     let rows = c.query(
-        "SELECT id, attempt, execute_str, job_language, transactional FROM broker_get($1, $2, $3)",
+        "SELECT id, claim, attempt, execute_str, job_language, transactional FROM broker_get($1, $2, $3)",
         &[&queue, &instance, &limit],
     )?;
     Ok(rows
         .iter()
         .map(|r| Job {
             id: r.get(0),
-            attempt: r.get(1),
-            execute_str: r.get(2),
-            language: if r.get::<_, &str>(3) == "plpgsql" {
+            claim: r.get(1),
+            attempt: r.get(2),
+            execute_str: r.get(3),
+            language: if r.get::<_, &str>(4) == "plpgsql" {
                 Language::Plpgsql
             } else {
                 Language::Sql
             },
-            transactional: r.get(4),
+            transactional: r.get(5),
         })
         .collect())
 }
@@ -402,7 +405,7 @@ pub fn begin_job(
     let default_ms = i64::try_from(default_timeout.as_millis()).unwrap_or(i64::MAX);
     let row = c.query_one(
         "SELECT broker_run($1, $2, $3, $4)",
-        &[&job.id, &job.attempt, &job.transactional, &default_ms],
+        &[&job.id, &job.claim, &job.transactional, &default_ms],
     )?;
     Ok(row.get(0))
 }
@@ -421,7 +424,7 @@ pub fn finish_job(
     };
     let row = c.query_one(
         "SELECT broker_set($1, $2, $3, $4, $5)",
-        &[&job.id, &job.attempt, &status, &error, &xid],
+        &[&job.id, &job.claim, &status, &error, &xid],
     )?;
     Ok(row.get(0))
 }

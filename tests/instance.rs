@@ -214,3 +214,57 @@ fn cancel_during_drain_stands() {
     assert_eq!(status.code(), Some(0), "{}", broker.log());
     assert_eq!(db.status(id), "cancelled", "{}", broker.log());
 }
+
+/// A worker holding an old claim (its job was recovered and claimed again meanwhile, with the
+/// same attempt number) can neither start nor finish the job: claims are unique tokens.
+#[test]
+fn a_stale_claim_can_neither_start_nor_finish_its_job() {
+    let db = TestDb::new();
+    db.install();
+    let id = db.add_job("broker_add_job('x', 'SELECT 1')");
+    let mut c = db.client();
+    let instance: i64 = c
+        .query_one(
+            "SELECT broker_register_instance('test', 'host', 1, 'v')",
+            &[],
+        )
+        .expect("register")
+        .get(0);
+    let claim = |c: &mut postgres::Client| -> (i64, i32) {
+        let row = c
+            .query_one("SELECT claim, attempt FROM broker_get(1, $1)", &[&instance])
+            .expect("claim");
+        (row.get(0), row.get(1))
+    };
+    let (stale, attempt1) = claim(&mut c);
+    // Recovery hands the job back; it is claimed again.
+    c.batch_execute(&format!(
+        "UPDATE broker_jobs SET status = 'pending', claim = NULL, attempts = attempts - 1 WHERE id = {id}"
+    ))
+    .expect("hand back");
+    let (fresh, attempt2) = claim(&mut c);
+    assert_eq!(
+        attempt1, attempt2,
+        "the attempt number alone cannot tell them apart"
+    );
+    assert_ne!(stale, fresh);
+    let mut tx = c.transaction().expect("tx");
+    let err = tx
+        .query_one("SELECT broker_run($1, $2)", &[&id, &stale])
+        .expect_err("stale claim must not start");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("55000"),
+        "{}",
+        explain(&err)
+    );
+    drop(tx);
+    let status: String = c
+        .query_one("SELECT broker_set($1, $2, 'completed')", &[&id, &stale])
+        .expect("set")
+        .get(0);
+    assert_eq!(status, "running", "a stale completion changes nothing");
+    let mut tx = c.transaction().expect("tx");
+    tx.query_one("SELECT broker_run($1, $2)", &[&id, &fresh])
+        .expect("the fresh claim starts");
+}
