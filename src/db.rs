@@ -185,6 +185,23 @@ pub fn is_statement_error(e: &postgres::Error) -> bool {
     e.as_db_error().is_some() && !e.is_closed()
 }
 
+/// Errors that go away by themselves: serialization failures, deadlocks, lock or statement
+/// timeouts, cancels, the server shutting down. Worth trying again at the next poll.
+pub fn is_transient(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("40") || c.starts_with("57") || c == "55P03"
+    })
+}
+
+/// A deadlock or serialization failure: the same statement may well succeed when run again.
+pub fn is_transient_conflict(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+    )
+}
+
 pub fn is_query_canceled(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::QUERY_CANCELED)
 }

@@ -43,7 +43,7 @@ pub(crate) fn run(
             if !db::is_statement_error(&e) {
                 return Err(e);
             }
-            if is_transient(&e) {
+            if db::is_transient(&e) {
                 log::warn!(
                     "database {database}: schedule {} {:?}: {}; trying again at the next poll",
                     row.id,
@@ -194,13 +194,4 @@ fn statement_error(
     } else {
         Err(e)
     }
-}
-
-/// Errors that go away by themselves: serialization failures, deadlocks, lock or statement
-/// timeouts, cancels, the server shutting down.
-fn is_transient(e: &postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        let c = c.code();
-        c.starts_with("40") || c.starts_with("57") || c == "55P03"
-    })
 }

@@ -158,10 +158,15 @@ fn run_in_transaction(
     job: &Job,
     shared: &Shared,
 ) -> Result<Option<Outcome>, postgres::Error> {
+    // Whether the job's own SQL was running when an error came: a deadlock or serialization
+    // failure in the broker's steps around it is not the job's failure and costs no attempt.
+    let mut in_job_sql = false;
     let result = db::prepare_job(c, job).and_then(|runner| {
         let mut tx = c.transaction()?;
         let xid = db::begin_job(&mut tx, job, shared.settings.default_job_timeout)?;
+        in_job_sql = true;
         runner.run(&mut tx, &job.sql())?;
+        in_job_sql = false;
         // A submitter holding a lock on a dependent row must not stall the queue for long.
         tx.batch_execute("SET LOCAL lock_timeout = '5s'")?;
         let status = db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
@@ -178,7 +183,9 @@ fn run_in_transaction(
             "the job changed hands while it ran (recovered or cancelled); rolled back".into(),
         ))),
         Err(e) if db::is_statement_error(&e) => {
-            if shared.is_stopping() && db::is_query_canceled(&e) {
+            if (shared.is_stopping() && db::is_query_canceled(&e))
+                || (!in_job_sql && db::is_transient_conflict(&e))
+            {
                 Ok(Some(Outcome::Pending))
             } else {
                 Ok(Some(Outcome::Failed(describe(&e))))
