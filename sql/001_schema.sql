@@ -81,7 +81,7 @@ CREATE TABLE broker_jobs (
     retry_on_crash boolean     NOT NULL DEFAULT false,
     -- Dependencies not yet completed; a job is claimable only at zero.
     waiting        integer     NOT NULL DEFAULT 0,
-    instance_id    bigint      REFERENCES broker_queueinstance (id),
+    instance_id    bigint      REFERENCES broker_queueinstance (id) ON DELETE SET NULL,
     backend_pid    integer,
     created_at     timestamptz NOT NULL DEFAULT now(),
     started_at     timestamptz,

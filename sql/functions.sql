@@ -759,6 +759,15 @@ BEGIN
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- Rows of instances long gone go with the failed jobs' retention (their jobs keep a NULL
+    -- instance_id); the newest row stays, for `status`.
+    IF n < p_batch THEN
+        DELETE FROM broker_queueinstance
+         WHERE id IN (SELECT id FROM broker_queueinstance
+                       WHERE status <> 'active' AND stopped_at < now() - p_failed
+                         AND id < (SELECT max(id) FROM broker_queueinstance)
+                       LIMIT p_batch - n);
+    END IF;
     RETURN n;
 END
 $$;

@@ -374,3 +374,36 @@ fn non_transactional_job_leaving_a_transaction_open_fails() {
     );
     assert_eq!(db.value("SELECT count(*) FROM t").as_deref(), Some("0"));
 }
+
+/// Rows of instances gone longer than the failed-job retention are deleted; recent ones stay.
+#[test]
+fn retention_removes_old_instance_rows() {
+    let db = TestDb::new();
+    db.install();
+    db.exec(
+        "INSERT INTO broker_queueinstance (name, host, pid, version, status, stopped_at)
+         VALUES ('old', 'h', 1, 'v', 'dead', now() - interval '10 days'),
+                ('old', 'h', 2, 'v', 'shutdown', now() - interval '9 days'),
+                ('recent', 'h', 3, 'v', 'shutdown', now() - interval '1 hour')",
+    );
+    let id = db.add_job("broker_add_job('ran on an old instance', 'SELECT 1', run_after => now() + interval '1 day')");
+    db.exec(&format!("UPDATE broker_jobs SET instance_id = (SELECT min(id) FROM broker_queueinstance) WHERE id = {id}"));
+    let _broker = broker(&db, "  retention_failed: 3d\n");
+    wait_until("old instance rows to go", || {
+        db.value("SELECT count(*) FROM broker_queueinstance WHERE name = 'old'")
+            .as_deref()
+            == Some("0")
+    });
+    assert_eq!(
+        db.value("SELECT count(*) FROM broker_queueinstance WHERE name = 'recent'")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        db.value(&format!(
+            "SELECT instance_id IS NULL FROM broker_jobs WHERE id = {id}"
+        ))
+        .as_deref(),
+        Some("t")
+    );
+}
