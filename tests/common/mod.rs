@@ -176,10 +176,25 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // Roles are cluster-wide: drop what they own here (job runners), then the database,
+        // then the roles themselves.
+        let roles = self.roles.borrow().clone();
+        if !roles.is_empty() {
+            let mut cfg = server();
+            cfg.dbname(&self.name);
+            if let Ok(mut c) = cfg.connect(NoTls) {
+                for role in &roles {
+                    let _ = c.batch_execute(&format!("DROP OWNED BY {}", quote_ident(role)));
+                }
+            }
+        }
         let _ = admin().batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
         ));
+        for role in &roles {
+            let _ = admin().batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
