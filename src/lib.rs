@@ -13,6 +13,8 @@
 //! # Ok::<(), pgsql_broker::Error>(())
 //! ```
 
+/// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
+mod acquire;
 /// Starting and stopping the whole broker.
 pub mod broker;
 /// The command line.
@@ -35,6 +37,8 @@ mod listener;
 pub mod logging;
 /// Due schedules become jobs (called from the listener's poll).
 mod scheduler;
+/// Standby processes sharing databases out among themselves.
+mod sharing;
 /// SIGTERM/SIGINT handling.
 pub mod shutdown;
 /// TLS for database connections with libpq's sslmode semantics (rustls).

@@ -17,9 +17,11 @@ use postgres::error::Severity;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
+use crate::acquire::Acquirer;
 use crate::broker::{Shared, Started};
 use crate::db::{self, describe};
-use crate::instance::{self, Acquirer, Instance, HEARTBEAT_INTERVAL};
+use crate::instance::{Instance, HEARTBEAT_INTERVAL};
+use crate::sharing;
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
@@ -130,7 +132,7 @@ pub(crate) fn run(
                 let Some((mut client, instance)) = session.take() else {
                     break;
                 };
-                match instance::hand_over(&shared, &mut client, instance, members) {
+                match sharing::hand_over(&shared, &mut client, instance, members) {
                     Ok(true) => wait_on(&mut acquirer, client),
                     Ok(false) => session = Some((client, instance)),
                     Err(e) => {
@@ -192,7 +194,7 @@ fn serve(
             if !instance.ping(client)? {
                 return Err(Interrupted::Superseded);
             }
-            if let Some(members) = instance::should_hand_over(shared, client)? {
+            if let Some(members) = sharing::should_hand_over(shared, client)? {
                 return Err(Interrupted::HandOver(members));
             }
             next_ping = now + HEARTBEAT_INTERVAL;

@@ -1,0 +1,384 @@
+//! Brings one database from "not connected" to "this process is its active instance":
+//! connect (retrying with backoff while the database is down), refuse a server in recovery,
+//! check the schema, then take the instance lock, or, in standby mode, wait until it is free.
+
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+
+use crate::broker::{Shared, Started};
+use crate::config::DatabaseConfig;
+use crate::db;
+use crate::error::Error;
+use crate::install;
+use crate::instance::{Instance, TAKEOVER_GRACE};
+use crate::sharing::{fair_share, SHARE_STEP};
+
+/// How often a standby looks whether the database it waits for came free. Takeover after the
+/// active instance dies takes about this long (plus the share delay below).
+const STANDBY_TICK: Duration = Duration::from_secs(1);
+
+/// Reconnect backoff: `notify_retry_seconds` doubled per failed try, up to this factor of it
+/// and never above `BACKOFF_MAX`.
+const BACKOFF_FACTOR: u32 = 8;
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn sql_error(db: &DatabaseConfig, action: &'static str, source: postgres::Error) -> Error {
+    Error::Sql {
+        database: db.name.clone(),
+        action,
+        source,
+    }
+}
+
+/// The wait before the next connection try after `failures` failed ones in a row: `retry`,
+/// doubled per failure after the first, at most `BACKOFF_FACTOR` times `retry` and
+/// `BACKOFF_MAX` (but never less than `retry`).
+fn backoff(retry: Duration, failures: u32) -> Duration {
+    let cap = retry
+        .saturating_mul(BACKOFF_FACTOR)
+        .min(BACKOFF_MAX)
+        .max(retry);
+    let doublings = failures.saturating_sub(1).min(16);
+    retry.saturating_mul(1 << doublings).min(cap)
+}
+
+/// Where one database stands for this process. Logged once per change, not per try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unreachable,
+    InRecovery,
+    SchemaUnusable,
+    Held,
+    Serving,
+}
+
+/// Brings one database from "not connected" to "this process is its active instance".
+pub(crate) struct Acquirer {
+    /// The listener's dedicated connection, kept while waiting so its member lock counts.
+    client: Option<Client>,
+    /// `client` passed the schema check and holds the member lock (standby).
+    prepared: bool,
+    state: Option<State>,
+    /// Failed tries in a row, for the backoff.
+    failures: u32,
+    /// Where the outcome of the very first try goes (`Broker::start` waits for it).
+    first: Option<Sender<Started>>,
+    /// Since when a standby has seen the database free without taking it.
+    free_since: Option<Instant>,
+}
+
+impl Acquirer {
+    pub fn new(first: Sender<Started>) -> Acquirer {
+        Acquirer {
+            client: None,
+            prepared: false,
+            state: None,
+            failures: 0,
+            first: Some(first),
+            free_since: None,
+        }
+    }
+
+    /// Takes back a connection that served and no longer does (handed over, or superseded in
+    /// standby mode): it keeps waiting on it, member lock and all.
+    pub fn resume(&mut self, client: Client) {
+        self.client = Some(client);
+        self.state = None;
+        self.free_since = None;
+    }
+
+    /// Notes that serving ended with the connection.
+    pub fn lost(&mut self) {
+        self.client = None;
+        self.state = None;
+    }
+
+    /// Blocks until this process is the database's active instance. None when the broker stops,
+    /// or when the database must not be served by this process: held by another instance
+    /// without standby (the whole broker then stops; on the first try `Broker::start` reports
+    /// it), or unusable on the first try.
+    pub fn acquire(&mut self, shared: &Shared) -> Option<(Client, Instance)> {
+        let db = &shared.db;
+        let retry = shared.settings.notify_retry_seconds;
+        let standby = shared.process.standby;
+        while !shared.is_stopping() {
+            let mut client = match self.client.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => {
+                    self.prepared = false;
+                    if self.failures > 0 {
+                        shared.pause(backoff(retry, self.failures));
+                        if shared.is_stopping() {
+                            break;
+                        }
+                    }
+                    match db::connect(db) {
+                        Ok(c) => c,
+                        Err(e @ Error::Config(_)) if self.first.is_some() => {
+                            self.report(Started::Refused(e));
+                            return None;
+                        }
+                        Err(e) => {
+                            self.unreachable(shared, e);
+                            continue;
+                        }
+                    }
+                }
+            };
+            // A standby server cannot run jobs; it may be promoted, so keep looking.
+            match db::in_recovery(&mut client) {
+                Err(source) => {
+                    self.unreachable(shared, sql_error(db, "checking for recovery", source));
+                    continue;
+                }
+                Ok(true) => {
+                    self.note(
+                        shared,
+                        State::InRecovery,
+                        format!(
+                            "database {}: the server at {}:{} is in recovery (a standby server); not serving it, checking again every {retry:?}",
+                            db.name, db.host, db.port
+                        ),
+                    );
+                    self.report(Started::InRecovery);
+                    self.failures = 0;
+                    self.client = Some(client);
+                    shared.pause(retry);
+                    continue;
+                }
+                Ok(false) => {}
+            }
+            if !self.prepared {
+                if let Err(e) = install::ensure(&mut client, db) {
+                    if client.is_closed() {
+                        self.unreachable(shared, e);
+                        continue;
+                    }
+                    if self.first.is_some() {
+                        self.report(Started::Refused(e));
+                        return None;
+                    }
+                    // Someone may be upgrading it right now: look again later.
+                    self.note(
+                        shared,
+                        State::SchemaUnusable,
+                        format!("{e}; checking again every {retry:?}"),
+                    );
+                    self.client = Some(client);
+                    shared.pause(retry);
+                    continue;
+                }
+                if standby {
+                    if let Err(source) = db::take_member_lock(&mut client) {
+                        let e = sql_error(db, "taking the member lock", source);
+                        self.unreachable(shared, e);
+                        continue;
+                    }
+                }
+                self.prepared = true;
+            }
+            let grace = if standby {
+                // Look before trying: a failed try is an ERROR in the server's log, and a free
+                // database may be better left to a process that serves fewer.
+                match self.standby_may_try(shared, &mut client) {
+                    Err(source) => {
+                        let e = sql_error(db, "looking at the instance lock", source);
+                        self.unreachable(shared, e);
+                        continue;
+                    }
+                    Ok(false) => {
+                        self.failures = 0;
+                        self.client = Some(client);
+                        shared.pause(STANDBY_TICK);
+                        continue;
+                    }
+                    Ok(true) => Duration::ZERO,
+                }
+            } else {
+                TAKEOVER_GRACE
+            };
+            match Instance::register_with(
+                &mut client,
+                db,
+                &shared.settings.name,
+                &shared.in_flight(),
+                grace,
+            ) {
+                Ok(instance) => {
+                    self.failures = 0;
+                    self.free_since = None;
+                    shared.set_instance(Some(instance));
+                    self.note(
+                        shared,
+                        State::Serving,
+                        format!(
+                            "database {}: serving as instance {} ({} queues, {} worker(s) each)",
+                            db.name, instance.id, db.queue_count, shared.settings.workers_per_queue
+                        ),
+                    );
+                    self.report(Started::Serving);
+                    return Some((client, instance));
+                }
+                Err(Error::InstanceActive { message, .. }) if standby => {
+                    // Taken between our look and our try.
+                    self.held(shared, message);
+                    self.client = Some(client);
+                    shared.pause(STANDBY_TICK);
+                }
+                Err(Error::InstanceActive { database, message }) => {
+                    // Without standby this process expects to be the only broker here.
+                    if self.first.is_some() {
+                        self.report(Started::Refused(Error::InstanceActive {
+                            database,
+                            message,
+                        }));
+                    } else {
+                        shared.fail(message);
+                    }
+                    return None;
+                }
+                Err(e) if client.is_closed() => self.unreachable(shared, e),
+                Err(e) => {
+                    if self.first.is_some() {
+                        self.report(Started::Refused(e));
+                        return None;
+                    }
+                    self.note(
+                        shared,
+                        State::SchemaUnusable,
+                        format!("{e}; trying again every {retry:?}"),
+                    );
+                    self.client = Some(client);
+                    shared.pause(retry);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether a standby should try the instance lock now: never while it is held; when it is
+    /// free, at once if this process serves less than its share, else only after the database
+    /// stayed free for a while (so a process with fewer databases gets it first).
+    fn standby_may_try(
+        &mut self,
+        shared: &Shared,
+        client: &mut Client,
+    ) -> Result<bool, postgres::Error> {
+        let (held, members) = db::instance_lock_state(client)?;
+        if held {
+            self.free_since = None;
+            if self.state != Some(State::Held) {
+                let holder = db::active_instance(client)?
+                    .unwrap_or_else(|| "an instance that has not registered yet".into());
+                self.held(
+                    shared,
+                    format!(
+                        "another broker instance is active on database {}: {holder}",
+                        shared.db.name
+                    ),
+                );
+            }
+            return Ok(false);
+        }
+        let served = shared.process.served();
+        let fair = fair_share(shared.process.databases, members);
+        let delay = if served < fair {
+            Duration::ZERO
+        } else {
+            SHARE_STEP.saturating_mul(u32::try_from(served - fair + 1).unwrap_or(u32::MAX))
+        };
+        let since = match self.free_since {
+            Some(since) => since,
+            None => {
+                if !delay.is_zero() {
+                    log::debug!(
+                        "database {}: free; leaving it to processes with fewer databases for {delay:?} (this one serves {served}, its share is {fair} of {} with {members} process(es))",
+                        shared.db.name,
+                        shared.process.databases
+                    );
+                }
+                *self.free_since.insert(Instant::now())
+            }
+        };
+        Ok(since.elapsed() >= delay)
+    }
+
+    fn held(&mut self, shared: &Shared, message: String) {
+        self.note(
+            shared,
+            State::Held,
+            format!("{message}; waiting to take over (standby)"),
+        );
+        self.report(Started::Waiting);
+        self.failures = 0;
+    }
+
+    /// A try that failed for want of a working connection: counts for the backoff.
+    fn unreachable(&mut self, shared: &Shared, e: Error) {
+        let error = e.to_string();
+        self.report(Started::Unreachable(e));
+        self.client = None;
+        self.failures = self.failures.saturating_add(1);
+        let retry = shared.settings.notify_retry_seconds;
+        let cap = backoff(retry, u32::MAX);
+        self.note(
+            shared,
+            State::Unreachable,
+            format!("{error}; retrying in {retry:?}, backing off to every {cap:?}"),
+        );
+        log::debug!(
+            "database {}: connection try {} failed: {error}",
+            shared.db.name,
+            self.failures
+        );
+    }
+
+    /// Logs `message` if the state changed; a state held for hours logs once.
+    fn note(&mut self, shared: &Shared, state: State, message: String) {
+        if self.state == Some(state) {
+            return;
+        }
+        self.state = Some(state);
+        match state {
+            State::Serving => log::info!("{message}"),
+            State::Held | State::InRecovery => log::warn!("{message}"),
+            State::Unreachable | State::SchemaUnusable => {
+                if shared.is_stopping() {
+                    log::debug!("{message}")
+                } else {
+                    log::error!("{message}")
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, started: Started) {
+        if let Some(first) = self.first.take() {
+            // Broker::start may have given up waiting (it stops then): nothing to tell.
+            let _ = first.send(started);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        let s = Duration::from_secs;
+        let tries = |retry| (1..=6).map(|f| backoff(retry, f)).collect::<Vec<_>>();
+        assert_eq!(tries(s(1)), [s(1), s(2), s(4), s(8), s(8), s(8)]);
+        assert_eq!(tries(s(30)), [s(30), s(60), s(120), s(240), s(240), s(240)]);
+        assert_eq!(
+            tries(s(60)),
+            [s(60), s(120), s(240), s(300), s(300), s(300)]
+        );
+        // A retry above the absolute cap is kept as configured.
+        assert_eq!(tries(s(600)), [s(600); 6]);
+        assert_eq!(backoff(s(1), u32::MAX), s(8));
+    }
+}
