@@ -690,6 +690,9 @@ BEGIN
     IF j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
         RETURN j.status;
     END IF;
+    -- Completing a job updates its dependents; a submitter holding a lock on one of those rows
+    -- must not stall the queue for long (the job then fails with 55P03).
+    PERFORM set_config('lock_timeout', '5s', true);
     DELETE FROM broker_cancel_requests WHERE job_id = p_id RETURNING requested_by INTO cancelled_by;
     IF p_status = 'completed' THEN
         UPDATE broker_jobs SET status = 'completed', error_text = NULL, completed_at = now(),

@@ -156,18 +156,10 @@ impl Acquirer {
                         self.unreachable(shared, e);
                         continue;
                     }
-                    if self.first.is_some() {
-                        self.report(Started::Refused(e));
+                    // Someone may be upgrading it right now: look again later.
+                    if self.refuse_or_wait(shared, client, e) {
                         return None;
                     }
-                    // Someone may be upgrading it right now: look again later.
-                    self.note(
-                        shared,
-                        State::SchemaUnusable,
-                        format!("{e}; checking again every {retry:?}"),
-                    );
-                    self.client = Some(client);
-                    shared.pause(retry);
                     continue;
                 }
                 if standby {
@@ -241,17 +233,9 @@ impl Acquirer {
                 }
                 Err(e) if client.is_closed() => self.unreachable(shared, e),
                 Err(e) => {
-                    if self.first.is_some() {
-                        self.report(Started::Refused(e));
+                    if self.refuse_or_wait(shared, client, e) {
                         return None;
                     }
-                    self.note(
-                        shared,
-                        State::SchemaUnusable,
-                        format!("{e}; trying again every {retry:?}"),
-                    );
-                    self.client = Some(client);
-                    shared.pause(retry);
                 }
             }
         }
@@ -352,6 +336,25 @@ impl Acquirer {
                 }
             }
         }
+    }
+
+    /// A problem with a working connection (schema, registration): on the very first try it
+    /// refuses the start (true); later it is logged once and tried again after
+    /// `notify_retry_seconds`, keeping the connection.
+    fn refuse_or_wait(&mut self, shared: &Shared, client: Client, e: Error) -> bool {
+        if self.first.is_some() {
+            self.report(Started::Refused(e));
+            return true;
+        }
+        let retry = shared.settings.notify_retry_seconds;
+        self.note(
+            shared,
+            State::SchemaUnusable,
+            format!("{e}; trying again every {retry:?}"),
+        );
+        self.client = Some(client);
+        shared.pause(retry);
+        false
     }
 
     fn report(&mut self, started: Started) {

@@ -370,20 +370,13 @@ pub fn orphans_left(c: &mut Client, instance: i64) -> Result<bool, postgres::Err
     Ok(row.get(0))
 }
 
-/// Queues in 1..=`max_queue` that have a job ready to run now.
-pub fn runnable_queues(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
+/// Queues to wake: those in 1..=`max_queue` with a job ready to run now, and those above it
+/// that hold pending jobs (waking them logs that nobody will run them).
+pub fn queues_to_wake(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
     let rows = c.query(
         "SELECT DISTINCT job_queue FROM broker_jobs
-          WHERE status = 'pending' AND waiting = 0 AND run_after <= now() AND job_queue <= $1",
-        &[&max_queue],
-    )?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Queues above `max_queue` that hold pending jobs nobody will run.
-pub fn orphan_queues(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
-    let rows = c.query(
-        "SELECT DISTINCT job_queue FROM broker_jobs WHERE status = 'pending' AND job_queue > $1",
+          WHERE status = 'pending'
+            AND (job_queue > $1 OR (waiting = 0 AND run_after <= now()))",
         &[&max_queue],
     )?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

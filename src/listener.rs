@@ -245,10 +245,7 @@ fn poll(
             shared.db.name
         );
     }
-    for queue in db::runnable_queues(client, wakers.len() as i32)? {
-        wake(shared, wakers, queue, warned_queues);
-    }
-    for queue in db::orphan_queues(client, wakers.len() as i32)? {
+    for queue in db::queues_to_wake(client, wakers.len() as i32)? {
         wake(shared, wakers, queue, warned_queues);
     }
     // A cancel whose notification was missed still arrives, one poll late.

@@ -96,11 +96,12 @@ fn run_next(
     let Some(job) = db::claim(c, queue, instance, 1)?.pop() else {
         return Ok(false);
     };
-    *current = Some(job.clone());
+    // Kept where the panic handler finds it.
+    let job: &Job = current.insert(job);
     let _in_flight = shared.track(slot, job.id, c.cancel_token());
     if shared.is_stopping() {
         // Claimed but not started: give it back for the next instance.
-        db::finish_job(c, &job, &Outcome::Pending, None)?;
+        db::finish_job(c, job, &Outcome::Pending, None)?;
         return Ok(false);
     }
     let started = Instant::now();
@@ -111,9 +112,9 @@ fn run_next(
         job.attempt
     );
     let result = if job.transactional {
-        run_in_transaction(c, &job, shared)
+        run_in_transaction(c, job, shared)
     } else {
-        run_in_session(c, &job, shared)
+        run_in_session(c, job, shared)
     };
     let left_open = reset_session(c)?;
     let mut outcome = result?;
@@ -123,7 +124,7 @@ fn run_next(
         ));
     }
     let status = match &outcome {
-        Some(outcome) => db::finish_job(c, &job, outcome, None)?,
+        Some(outcome) => db::finish_job(c, job, outcome, None)?,
         None => Some("completed".into()),
     };
     let took = started.elapsed().as_secs_f64();
@@ -136,7 +137,7 @@ fn run_next(
         ),
         Some(Outcome::Pending) => {
             log::info!(
-                "database {}: job {} rolled back by shutdown, pending again",
+                "database {}: job {} rolled back and handed back, pending again",
                 shared.db.name,
                 job.id
             )
@@ -167,8 +168,6 @@ fn run_in_transaction(
         in_job_sql = true;
         runner.run(&mut tx, &job.sql())?;
         in_job_sql = false;
-        // A submitter holding a lock on a dependent row must not stall the queue for long.
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'")?;
         let status = db::finish_job(&mut tx, job, &Outcome::Completed, xid)?;
         if status.as_deref() != Some("completed") {
             // The row is no longer this attempt's (recovered or cancelled meanwhile): the
@@ -182,16 +181,7 @@ fn run_in_transaction(
         Ok(false) => Ok(Some(Outcome::Failed(
             "the job changed hands while it ran (recovered or cancelled); rolled back".into(),
         ))),
-        Err(e) if db::is_statement_error(&e) => {
-            if (shared.is_stopping() && db::is_query_canceled(&e))
-                || (!in_job_sql && db::is_transient_conflict(&e))
-            {
-                Ok(Some(Outcome::Pending))
-            } else {
-                Ok(Some(Outcome::Failed(describe(&e))))
-            }
-        }
-        Err(e) => Err(e),
+        Err(e) => outcome_of(e, shared, true, in_job_sql),
     }
 }
 
@@ -206,15 +196,33 @@ fn run_in_session(
         .and_then(|_| c.batch_execute(&job.sql()));
     match result {
         Ok(()) => Ok(Some(Outcome::Completed)),
-        Err(e) if db::is_statement_error(&e) => {
-            let mut error = describe(&e);
-            if shared.is_stopping() && db::is_query_canceled(&e) {
-                error = format!("cancelled by broker shutdown: {error}");
-            }
-            Ok(Some(Outcome::Failed(error)))
-        }
-        Err(e) => Err(e),
+        Err(e) => outcome_of(e, shared, false, true),
     }
+}
+
+/// What an error while running a job means. A statement error is the job's outcome: handed
+/// back when nothing of it can have applied (a transactional job cancelled by shutdown, or a
+/// deadlock in the broker's own steps around its SQL), failed otherwise. Any other error is the
+/// broker's (connection lost) and is returned.
+fn outcome_of(
+    e: postgres::Error,
+    shared: &Shared,
+    transactional: bool,
+    in_job_sql: bool,
+) -> Result<Option<Outcome>, postgres::Error> {
+    if !db::is_statement_error(&e) {
+        return Err(e);
+    }
+    let shutdown_cancel = shared.is_stopping() && db::is_query_canceled(&e);
+    if transactional && (shutdown_cancel || (!in_job_sql && db::is_transient_conflict(&e))) {
+        return Ok(Some(Outcome::Pending));
+    }
+    let error = describe(&e);
+    Ok(Some(Outcome::Failed(if shutdown_cancel {
+        format!("cancelled by broker shutdown: {error}")
+    } else {
+        error
+    })))
 }
 
 /// Clears whatever session state a job left (SET, temp tables, LISTEN, advisory locks, role,
