@@ -84,8 +84,16 @@ fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), 
     let Some(locked) = db::lock_due_schedule(&mut tx, row.id)? else {
         return Ok(());
     };
-    let (cron, tz) = match parsed(&locked) {
-        Ok(p) => p,
+    let due = locked.next_run.unwrap_or(due);
+    // The first fire time after now: missed slots collapse into this one firing.
+    let planned = parsed(&locked).and_then(|(cron, tz)| {
+        let next = cron
+            .next_since(due.into(), locked.now.into(), tz)
+            .map_err(|e| e.to_string())?;
+        Ok((tz, SystemTime::from(next)))
+    });
+    let (tz, next) = match planned {
+        Ok(planned) => planned,
         Err(reason) => {
             log::error!(
                 "database {database}: schedule {} {:?} disabled: {reason}",
@@ -93,20 +101,6 @@ fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), 
                 locked.name
             );
             db::disable_schedule(&mut tx, locked.id, &reason)?;
-            return tx.commit();
-        }
-    };
-    let due = locked.next_run.unwrap_or(due);
-    // The first fire time after now: missed slots collapse into this one firing.
-    let next = match cron.next_since(due.into(), locked.now.into(), tz) {
-        Ok(next) => SystemTime::from(next),
-        Err(e) => {
-            log::error!(
-                "database {database}: schedule {} {:?} disabled: {e}",
-                locked.id,
-                locked.name
-            );
-            db::disable_schedule(&mut tx, locked.id, &e.to_string())?;
             return tx.commit();
         }
     };

@@ -143,3 +143,27 @@ fn password_never_appears_in_logs() {
         "{log}"
     );
 }
+
+/// `--log-format json` writes one JSON object per line, each with time, level and message.
+#[test]
+fn json_log_lines() {
+    let db = TestDb::new();
+    let config = db.config("", "");
+    let mut broker = BrokerProcess::start_env(&config, &[("PGSQL_BROKER_LOG_FORMAT", "json")]);
+    broker.wait_log("serving as instance");
+    broker.signal("TERM");
+    assert!(broker.wait_exit(HANG).success());
+    let log = broker.log();
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("{\"ts\":\"") && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+        assert!(
+            line.contains("\"level\":\"") && line.contains("\"msg\":\""),
+            "{line}"
+        );
+    }
+    assert!(log.contains("\"level\":\"INFO\""), "{log}");
+}

@@ -269,3 +269,32 @@ fn non_transactional_job_runs_outside_a_transaction_block() {
         .unwrap_or_default();
     assert!(error.contains("25001"), "{error}");
 }
+
+/// With `workers_per_queue: 2` two jobs of one queue run at the same time: each waits (up to
+/// 20 s) for the other to have been claimed. One worker would run them one after the other and
+/// the first would give up.
+#[test]
+fn more_workers_per_queue_run_a_queue_in_parallel() {
+    let db = TestDb::new();
+    db.install();
+    db.exec("CREATE TABLE started (job text)");
+    let waits_for = |me: &str, other: &str| {
+        format!(
+            "broker_add_job('{me}', $job$DO $b$ BEGIN
+                FOR i IN 1..200 LOOP
+                  EXIT WHEN EXISTS (SELECT FROM broker_jobs WHERE job_name = '{other}' AND status <> 'pending');
+                  PERFORM pg_sleep(0.1);
+                END LOOP;
+                IF NOT EXISTS (SELECT FROM broker_jobs WHERE job_name = '{other}' AND status <> 'pending') THEN
+                  RAISE EXCEPTION '{other} never ran alongside';
+                END IF;
+              END $b$$job$, 1)"
+        )
+    };
+    let a = db.add_job(&waits_for("a", "b"));
+    let b = db.add_job(&waits_for("b", "a"));
+    let config = db.config("", "  workers_per_queue: 2\n");
+    let _broker = BrokerProcess::start_serving(&db, &config);
+    db.wait_status(a, "completed");
+    db.wait_status(b, "completed");
+}
