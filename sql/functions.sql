@@ -35,9 +35,17 @@ $$;
 
 -- What a job (or a schedule's jobs) runs: a known language and some SQL. p_what names the
 -- row in the error.
+-- broker.max_job_size as the active broker published it (1 MB until one has); 0: no limit.
+CREATE OR REPLACE FUNCTION broker_max_job_size() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT value::bigint FROM broker_settings WHERE name = 'max_job_size'), 1048576)
+$$;
+
 CREATE OR REPLACE FUNCTION broker_check_job_text(p_language text, p_execute_str text, p_what text)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    size_limit bigint := broker_max_job_size();
 BEGIN
     IF p_language IS NULL OR p_language NOT IN ('sql', 'plpgsql') THEN
         RAISE EXCEPTION 'job_language % is not supported', coalesce(quote_literal(p_language), 'NULL')
@@ -47,6 +55,24 @@ BEGIN
     IF p_execute_str IS NULL OR btrim(p_execute_str) = '' THEN
         RAISE EXCEPTION 'execute_str of % is empty', p_what USING ERRCODE = '22023';
     END IF;
+    IF size_limit > 0 AND octet_length(p_execute_str) > size_limit THEN
+        RAISE EXCEPTION 'execute_str of % is % bytes, more than broker.max_job_size (% bytes)',
+                p_what, octet_length(p_execute_str), size_limit
+            USING ERRCODE = '54000',
+                  HINT = 'Keep large data in a table the job reads, or raise broker.max_job_size.';
+    END IF;
+END
+$$;
+
+-- True when p_id is the id the identity column just gave this session's insert. A submitter
+-- who picks ids (OVERRIDING SYSTEM VALUE) could take the ids the sequence hands out next and
+-- make other roles' inserts fail.
+CREATE OR REPLACE FUNCTION broker_job_id_assigned(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN p_id = currval(pg_get_serial_sequence('broker_jobs', 'id'));
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    RETURN false; -- no id drawn in this session yet
 END
 $$;
 
@@ -64,6 +90,11 @@ BEGIN
     END IF;
     NEW.owner        := current_user;
     IF NOT broker_caller_is_broker() THEN
+        IF NOT broker_job_id_assigned(NEW.id) THEN
+            RAISE EXCEPTION 'role % may not choose the id of a job (%); the database assigns ids',
+                    quote_ident(current_user), NEW.id
+                USING ERRCODE = '42501', HINT = 'Leave out the id column and OVERRIDING SYSTEM VALUE.';
+        END IF;
         -- Only the broker makes jobs for a due time; a submitter may link a job to a schedule
         -- of its own but cannot occupy another schedule's slot.
         NEW.scheduled_for := NULL;
@@ -85,6 +116,7 @@ BEGIN
     NEW.attempt_errors := '{}';
     NEW.waiting      := 0;
     NEW.run_after    := coalesce(NEW.run_after, now());
+    NEW.delayed      := NEW.run_after > now();
     NEW.instance_id  := NULL;
     NEW.backend_pid  := NULL;
     NEW.created_at   := now();
@@ -99,12 +131,14 @@ CREATE TRIGGER broker_jobs_before_insert
     BEFORE INSERT ON broker_jobs
     FOR EACH ROW EXECUTE FUNCTION broker_jobs_before_insert();
 
--- One notification per queue and statement, whatever inserted the rows; the payload is the queue.
+-- One notification per queue and statement, whatever inserted the rows; the payload is the
+-- queue, or 'delayed' for jobs not due yet (the broker then plans its next look).
 CREATE OR REPLACE FUNCTION broker_jobs_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('broker_jobs', q.job_queue::text)
-       FROM (SELECT DISTINCT job_queue FROM broker_new_jobs) AS q;
+    PERFORM pg_notify('broker_jobs', q.payload)
+       FROM (SELECT DISTINCT CASE WHEN delayed THEN 'delayed' ELSE job_queue::text END AS payload
+               FROM broker_new_jobs) AS q;
     RETURN NULL;
 END
 $$;
@@ -169,24 +203,35 @@ CREATE TRIGGER broker_job_dependencies_insert
     FOR EACH ROW EXECUTE FUNCTION broker_job_dependencies_insert();
 
 -- When a job ends, its dependents move on: one less to wait for, or cancelled with the reason.
--- Cancelling a dependent fires this again for its own dependents, so it is transitive.
+-- Cancelling a dependent fires this again for its own dependents, so it is transitive. A
+-- dependent some other session holds locked is skipped, never waited for: the poll's
+-- broker_settle_dependencies() settles it once the lock is gone.
 CREATE OR REPLACE FUNCTION broker_jobs_after_end() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    q integer;
 BEGIN
     IF NEW.status = 'completed' THEN
-        UPDATE broker_jobs j SET waiting = j.waiting - 1
-          FROM broker_job_dependencies d
-         WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.status = 'pending';
-        PERFORM pg_notify('broker_jobs', q.job_queue::text)
-           FROM (SELECT DISTINCT j.job_queue FROM broker_jobs j
-                   JOIN broker_job_dependencies d ON d.job_id = j.id
-                  WHERE d.depends_on = NEW.id AND j.status = 'pending' AND j.waiting = 0) q;
+        FOR q IN
+            WITH ready AS (
+                UPDATE broker_jobs j SET waiting = j.waiting - 1
+                 WHERE j.id IN (SELECT w.id FROM broker_job_dependencies d
+                                  JOIN broker_jobs w ON w.id = d.job_id
+                                 WHERE d.depends_on = NEW.id AND w.status = 'pending'
+                                   FOR NO KEY UPDATE OF w SKIP LOCKED)
+                RETURNING j.job_queue, j.waiting, j.delayed)
+            SELECT DISTINCT r.job_queue FROM ready r WHERE r.waiting = 0 AND NOT r.delayed
+        LOOP
+            PERFORM pg_notify('broker_jobs', q::text);
+        END LOOP;
     ELSE
         UPDATE broker_jobs j
-           SET status = 'cancelled', completed_at = now(),
+           SET status = 'cancelled', completed_at = clock_timestamp(),
                error_text = format('dependency %s %s', NEW.id, NEW.status)
-          FROM broker_job_dependencies d
-         WHERE d.depends_on = NEW.id AND j.id = d.job_id AND j.status = 'pending';
+         WHERE j.id IN (SELECT w.id FROM broker_job_dependencies d
+                          JOIN broker_jobs w ON w.id = d.job_id
+                         WHERE d.depends_on = NEW.id AND w.status = 'pending'
+                           FOR NO KEY UPDATE OF w SKIP LOCKED);
     END IF;
     RETURN NULL;
 END
@@ -410,16 +455,35 @@ $$;
 -- Makes the caller the database's active instance: a session advisory lock, so the claim dies
 -- with the connection (even on kill -9), plus a row operators can read. p_in_flight: jobs the
 -- calling process still runs from an earlier registration (its listener reconnected).
+-- Any session can take any advisory lock, so a holder that is not the newest active instance's
+-- listener is no broker: it is named, and ended when p_evict is set and the login may do so.
 CREATE OR REPLACE FUNCTION broker_register_instance(p_name text, p_host text, p_pid integer, p_version text,
-                                         p_in_flight bigint[] DEFAULT '{}')
+                                         p_in_flight bigint[] DEFAULT '{}', p_evict boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     other broker_queueinstance;
+    holder record;
     new_id bigint;
 BEGIN
     IF NOT pg_try_advisory_lock(broker_instance_lock_key()) THEN
         SELECT * INTO other FROM broker_queueinstance WHERE status = 'active' ORDER BY id DESC LIMIT 1;
+        SELECT * INTO holder FROM broker_instance_lock_holder();
+        IF holder.pid IS NOT NULL AND holder.pid IS DISTINCT FROM other.backend_pid THEN
+            IF p_evict THEN
+                BEGIN
+                    PERFORM pg_terminate_backend(holder.pid, 2000);
+                EXCEPTION WHEN insufficient_privilege THEN
+                    NULL; -- explained below
+                END;
+            END IF;
+            RAISE EXCEPTION 'the instance lock of database % is held by a session that is no broker instance: pid %, role %, application %, connected since %',
+                    quote_ident(current_database()), holder.pid, quote_ident(holder.usename),
+                    quote_literal(holder.application_name),
+                    holder.backend_start || CASE WHEN p_evict THEN ' (ending it)' ELSE '' END
+                USING ERRCODE = '55P03',
+                      HINT = 'End that session (SELECT pg_terminate_backend(pid)), or set broker.evict_lock_holders and let the broker''s login signal it (GRANT pg_signal_backend).';
+        END IF;
         -- The holder is this very process's own earlier session (e.g. a half-open connection
         -- after a network cut): end it; the caller's retry then gets the lock.
         IF other.host = p_host AND other.pid = p_pid AND other.backend_pid <> pg_backend_pid() THEN
@@ -438,6 +502,25 @@ BEGIN
     PERFORM broker_recover(new_id, p_in_flight);
     RETURN new_id;
 END
+$$;
+
+-- The session holding the instance lock now, if any, as pg_stat_activity describes it.
+CREATE OR REPLACE FUNCTION broker_instance_lock_holder(OUT pid integer, OUT usename name,
+                                                       OUT application_name text,
+                                                       OUT backend_start timestamptz,
+                                                       OUT is_broker boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT l.pid, a.usename, a.application_name, a.backend_start,
+           l.pid = (SELECT backend_pid FROM broker_queueinstance
+                     WHERE status = 'active' ORDER BY id DESC LIMIT 1)
+      FROM pg_locks l
+      LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND l.classid = ((broker_instance_lock_key() >> 32) & 4294967295)::oid
+       AND l.objid = (broker_instance_lock_key() & 4294967295)::oid
+       AND l.objsubid = 1
+     LIMIT 1
 $$;
 
 CREATE OR REPLACE FUNCTION broker_ping_instance(p_instance bigint) RETURNS boolean
@@ -460,16 +543,26 @@ BEGIN
 END
 $$;
 
+-- Publishes a setting of the active broker that the database enforces (see broker_settings).
+CREATE OR REPLACE FUNCTION broker_publish_setting(p_name text, p_value text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO broker_settings (name, value) VALUES (p_name, p_value)
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+     WHERE broker_settings.value IS DISTINCT FROM EXCLUDED.value
+$$;
+
 -- Gives back what dead instances left running: a transactional job is pending again (its
 -- transaction rolled back), a non-transactional one failed ("instance died while running") or,
 -- with retry_on_crash, pending. Jobs in p_in_flight are never touched, whatever instance id
--- they carry: the calling process runs them right now (its listener may have registered again).
--- A row still locked belongs to a transaction still alive somewhere and waits for a later call.
-CREATE OR REPLACE FUNCTION broker_recover(p_instance bigint, p_in_flight bigint[] DEFAULT '{}')
-RETURNS integer
+-- they carry: the calling process has them claimed right now (its listener may have registered
+-- again); every other running job is an orphan, this instance's too (a worker that lost its
+-- connection lets go of its jobs). A row still locked belongs to a transaction still alive
+-- somewhere and waits for a later call.
+-- requeued: jobs pending again; failed: non-transactional jobs recorded failed.
+CREATE OR REPLACE FUNCTION broker_recover(p_instance bigint, p_in_flight bigint[] DEFAULT '{}',
+                                          OUT requeued integer, OUT failed bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    n integer;
     mine bigint[] := coalesce(p_in_flight, '{}');
 BEGIN
     IF NOT broker_holds_instance_lock() THEN
@@ -478,29 +571,27 @@ BEGIN
     END IF;
     -- A dead instance's job may still be executing in a backend the server has not yet noticed
     -- is orphaned; it holds the row lock and would run on unobserved. Only a caller holding the
-    -- instance lock (so every other instance is gone) gets here.
+    -- instance lock (so every other instance is gone) gets here. The job's row may not say
+    -- which backend runs it yet (its batch has not committed), its application_name does.
     PERFORM pg_terminate_backend(a.pid)
        FROM broker_jobs j
-       JOIN pg_stat_activity a ON a.pid = j.backend_pid
+       JOIN pg_stat_activity a ON a.application_name = left('pgsql-broker job ' || j.id, 63)
       WHERE j.status = 'running' AND j.instance_id IS DISTINCT FROM p_instance
         AND NOT j.id = ANY (mine)
-        AND a.application_name = left('pgsql-broker job ' || j.id, 63)
+        AND a.usename = session_user
         AND a.pid <> pg_backend_pid();
     WITH orphans AS (
         SELECT j.id FROM broker_jobs j
-         WHERE j.status = 'running'
-           AND NOT j.id = ANY (mine)
-           AND (j.instance_id IS DISTINCT FROM p_instance
-                -- the grace covers the moment between a claim and its worker noting it
-                OR j.started_at < now() - interval '10 seconds')
+         WHERE j.status = 'running' AND NOT j.id = ANY (mine)
          FOR UPDATE SKIP LOCKED
-    )
+    ), recovered AS (
     UPDATE broker_jobs j
        SET status         = CASE WHEN j.transactional OR j.retry_on_crash THEN 'pending'
                                  ELSE 'failed' END,
            claim          = NULL,
            attempts       = CASE WHEN j.transactional OR j.retry_on_crash THEN j.attempts - 1
                                  ELSE j.attempts END,
+           delayed        = false,
            error_text     = CASE WHEN j.transactional THEN j.error_text
                                  WHEN j.retry_on_crash
                                  THEN 'instance died while running; run again (retry_on_crash)'
@@ -517,16 +608,22 @@ BEGIN
                                  ELSE j.instance_id END,
            backend_pid    = NULL
       FROM orphans o
-     WHERE j.id = o.id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+     WHERE j.id = o.id
+    RETURNING j.id, j.status)
+    SELECT count(*) FILTER (WHERE r.status = 'pending'),
+           array_agg(r.id ORDER BY r.id) FILTER (WHERE r.status = 'failed')
+      INTO requeued, failed
+      FROM recovered r;
 END
 $$;
 
--- Claims up to p_limit ready jobs of a queue in priority order and marks them running. The
--- caller commits this before running them, so the claim is visible to operators.
+-- Claims up to p_limit ready jobs of a queue, best first (higher priority, then older), and
+-- marks them running; the listener commits this and hands them to the queue's workers. FOR NO
+-- KEY UPDATE: a dependent's insert holds its dependency's row FOR KEY SHARE, which must not
+-- hide that job from the claim. The ready index holds only claimable jobs, so jobs not due,
+-- waiting or finished cost nothing here. timeout_ms: the job's own timeout (NULL: none set).
 CREATE OR REPLACE FUNCTION broker_get(p_queue integer, p_instance bigint, p_limit integer DEFAULT 1)
-RETURNS TABLE (id bigint, claim bigint, attempt integer, execute_str text, job_language text,
+RETURNS TABLE (id bigint, claim bigint, attempt integer, role_oid oid, timeout_ms bigint,
                transactional boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -537,170 +634,224 @@ BEGIN
             USING ERRCODE = '55000';
     END IF;
     RETURN QUERY
-    UPDATE broker_jobs j
-       SET status = 'running', attempts = j.attempts + 1, claim = nextval('broker_claims'),
-           instance_id = p_instance,
-           backend_pid = pg_backend_pid(), started_at = now(), completed_at = NULL
-     WHERE j.id = ANY (ARRAY(
-             SELECT c.id FROM broker_jobs c
-              WHERE c.status = 'pending' AND c.waiting = 0 AND c.job_queue = p_queue
-                AND c.run_after <= now()
-              ORDER BY c.job_priority DESC, c.id
-              LIMIT p_limit
-              FOR UPDATE SKIP LOCKED))
-    RETURNING j.id, j.claim, j.attempts, j.execute_str, j.job_language, j.transactional;
+    WITH claimed AS (
+        UPDATE broker_jobs j
+           SET status = 'running', attempts = j.attempts + 1, claim = nextval('broker_claims'),
+               instance_id = p_instance, backend_pid = NULL, started_at = NULL,
+               completed_at = NULL
+         WHERE j.id = ANY (ARRAY(
+                 SELECT c.id FROM broker_jobs c
+                  WHERE c.job_queue = p_queue AND c.status = 'pending' AND c.waiting = 0
+                    AND NOT c.delayed
+                  ORDER BY c.job_priority DESC, c.id
+                  LIMIT p_limit
+                  FOR NO KEY UPDATE SKIP LOCKED))
+        RETURNING j.id, j.claim, j.attempts, coalesce(j.run_as, j.owner) AS role, j.timeout,
+                  j.transactional, j.job_priority)
+    SELECT c.id, c.claim, c.attempts, r.oid,
+           -- Clamped: no interval a submitter writes may break the claim of a whole queue.
+           CASE WHEN c.timeout IS NOT NULL
+                THEN greatest(0, least(ceil(extract(epoch FROM c.timeout) * 1000), 1e15))::bigint
+           END,
+           c.transactional
+      FROM claimed c
+      LEFT JOIN pg_roles r ON r.rolname = c.role
+     ORDER BY c.job_priority DESC, c.id;
 END
 $$;
 
--- Makes sure the job's role has its runner, broker_exec.run_<oid>, and returns that oid. Runs in its own
--- short transaction before the job's, so creating a runner never waits on a running job.
-CREATE OR REPLACE FUNCTION broker_prepare_job(p_id bigint) RETURNS oid
+-- Makes delayed jobs whose time has come claimable (at most p_limit, oldest due first) and
+-- returns the queues that got some, plus how long until the next delayed job is due.
+CREATE OR REPLACE FUNCTION broker_promote_delayed(p_limit integer, OUT queues integer[],
+                                                  OUT next_in float8)
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH due AS (
+        UPDATE broker_jobs j SET delayed = false
+         WHERE j.id = ANY (ARRAY(
+                 SELECT d.id FROM broker_jobs d
+                  WHERE d.status = 'pending' AND d.delayed AND d.run_after <= now()
+                  ORDER BY d.run_after
+                  LIMIT p_limit
+                  FOR NO KEY UPDATE SKIP LOCKED))
+        RETURNING j.job_queue, j.waiting)
+    SELECT array_agg(DISTINCT job_queue) FILTER (WHERE waiting = 0) INTO queues FROM due;
+    SELECT extract(epoch FROM min(run_after) - now())::float8 INTO next_in
+      FROM broker_jobs WHERE status = 'pending' AND delayed;
+END
+$$;
+
+-- Makes sure role p_role has its runner, broker_exec.run_<oid>(): a SECURITY DEFINER function
+-- owned by that role, where PostgreSQL forbids SET ROLE, RESET ROLE and SET SESSION
+-- AUTHORIZATION, so a job cannot switch back to the broker's login. It runs the SQL that
+-- broker_run() left in the transaction-local setting broker.execute_str. The broker calls this
+-- outside any job's transaction, one worker at a time, and remembers which runners exist.
+CREATE OR REPLACE FUNCTION broker_prepare_runner(p_role oid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    j        broker_jobs;
-    role_oid oid;
-    role     name;
-    runner   text;
+    role   name := (SELECT rolname FROM pg_roles WHERE oid = p_role);
+    runner text := 'run_' || p_role;
     owns_schema_create boolean;
 BEGIN
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
-    END IF;
-    role := coalesce(j.run_as, j.owner);
-    SELECT oid INTO role_oid FROM pg_roles WHERE rolname = role;
-    IF role_oid IS NULL THEN
-        RAISE EXCEPTION 'role % of job % does not exist', quote_ident(role), p_id
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role with oid % does not exist (dropped after its job was queued?)', p_role
             USING ERRCODE = '42704';
     END IF;
-    IF NOT pg_has_role(session_user, role_oid, 'MEMBER') THEN
-        RAISE EXCEPTION 'the broker''s login % cannot act as role % for job %',
-                quote_ident(session_user), quote_ident(role), p_id
+    IF NOT pg_has_role(session_user, p_role, 'MEMBER') THEN
+        RAISE EXCEPTION 'the broker''s login % cannot act as role %',
+                quote_ident(session_user), quote_ident(role)
             USING ERRCODE = '42501',
                   HINT = format('GRANT %I TO %I;', role, session_user);
     END IF;
-    runner := 'run_' || role_oid;
     IF EXISTS (SELECT 1 FROM pg_proc
                 WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
-                  AND proowner = role_oid AND prosrc LIKE '%CLOSE ALL%') THEN
-        RETURN role_oid;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended('pgsql-broker runner ' || role_oid, 0));
-    -- Another worker may have made it while we waited for the lock.
-    IF EXISTS (SELECT 1 FROM pg_proc
-                WHERE pronamespace = 'broker_exec'::regnamespace AND proname = runner
-                  AND proowner = role_oid AND prosrc LIKE '%CLOSE ALL%') THEN
-        RETURN role_oid;
+                  AND pronargs = 0 AND proowner = p_role
+                  AND prosrc LIKE '%pgsql-broker runner 2%') THEN
+        RETURN;
     END IF;
     -- A runner owned by anyone else (e.g. a recycled oid) is not trusted.
-    EXECUTE format('DROP FUNCTION IF EXISTS broker_exec.%I(text)', runner);
+    EXECUTE format('DROP FUNCTION IF EXISTS broker_exec.%I()', runner);
     EXECUTE format(
-        'CREATE FUNCTION broker_exec.%I(job_sql text) RETURNS void
+        'CREATE FUNCTION broker_exec.%I() RETURNS void
          LANGUAGE plpgsql SECURITY DEFINER SET search_path = "$user", public
          AS $runner$
+         -- pgsql-broker runner 2
          BEGIN
-             EXECUTE job_sql;
+             EXECUTE pg_catalog.current_setting(''broker.execute_str'');
              -- Nothing of the job may run later as the broker: deferred triggers fire and
              -- held cursors close here, as the job''s role.
              SET CONSTRAINTS ALL IMMEDIATE;
              EXECUTE ''CLOSE ALL'';
          END
          $runner$', runner);
-    EXECUTE format('REVOKE ALL ON FUNCTION broker_exec.%I(text) FROM PUBLIC', runner);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION broker_exec.%I(text) TO %I', runner, session_user);
+    EXECUTE format('REVOKE ALL ON FUNCTION broker_exec.%I() FROM PUBLIC', runner);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION broker_exec.%I() TO %I', runner, session_user);
     -- Giving a function away needs the new owner to be allowed to create it there.
-    owns_schema_create := has_schema_privilege(role_oid, 'broker_exec', 'CREATE');
+    owns_schema_create := has_schema_privilege(p_role, 'broker_exec', 'CREATE');
     IF NOT owns_schema_create THEN
         EXECUTE format('GRANT CREATE ON SCHEMA broker_exec TO %I', role);
     END IF;
-    EXECUTE format('ALTER FUNCTION broker_exec.%I(text) OWNER TO %I', runner, role);
+    EXECUTE format('ALTER FUNCTION broker_exec.%I() OWNER TO %I', runner, role);
     IF NOT owns_schema_create THEN
         EXECUTE format('REVOKE CREATE ON SCHEMA broker_exec FROM %I', role);
     END IF;
-    RETURN role_oid;
 END
 $$;
 
--- Starts a claimed job in the caller's transaction: locks its row (so recovery knows it is
--- alive), applies its timeout and exposes it to its SQL. A transactional job then runs through
--- its role's runner. A job outside a transaction runs in the broker's own session, where RESET
--- ROLE is possible, so it may only run as a role that already has every privilege of the
--- broker's login; its role is set here. Returns the transaction id the completion must be
--- recorded in (NULL for non-transactional jobs).
-CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean DEFAULT true,
-                           p_default_timeout_ms bigint DEFAULT 0)
-RETURNS bigint
+-- Starts a claimed job in the caller's transaction (p_local) or session: locks its row (so
+-- recovery knows it is alive; a row some other session holds is not waited for), records when
+-- it started and exposes it to its SQL through settings. A transactional job's SQL goes to its
+-- runner through broker.execute_str; the caller gets it back for a job outside a transaction,
+-- which runs in the broker's own session where RESET ROLE is possible, so it may only run as a
+-- role that already has every privilege of the broker's login (its role is set here).
+CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean DEFAULT true)
+RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     j broker_jobs;
-    timeout_ms bigint;
     role name;
+    job_sql text;
 BEGIN
-    -- NO KEY UPDATE: marks the job alive for recovery (which takes FOR UPDATE SKIP LOCKED)
-    -- without blocking foreign-key checks of new dependents and cancel requests.
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE;
-    IF NOT FOUND OR j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
-        RAISE EXCEPTION 'job % is not held by claim % (status %)', p_id, p_claim,
-                coalesce(j.status, 'missing')
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM broker_jobs WHERE id = p_id) THEN
+            RAISE EXCEPTION 'job % is locked by another session; it runs once that lock is gone', p_id
+                USING ERRCODE = '55P03';
+        END IF;
+        RAISE EXCEPTION 'job % no longer exists', p_id USING ERRCODE = '55000';
+    END IF;
+    IF j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
+        RAISE EXCEPTION 'job % is not held by claim % (status %)', p_id, p_claim, j.status
             USING ERRCODE = '55000';
     END IF;
     IF EXISTS (SELECT 1 FROM broker_cancel_requests WHERE job_id = p_id) THEN
         RAISE EXCEPTION 'job % was cancelled before it started', p_id USING ERRCODE = '57014';
     END IF;
     role := coalesce(j.run_as, j.owner);
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
+        RAISE EXCEPTION 'role % of job % does not exist', quote_ident(role), p_id
+            USING ERRCODE = '42704';
+    END IF;
     IF NOT p_local AND NOT pg_has_role(role, session_user, 'MEMBER') THEN
         RAISE EXCEPTION 'job % runs outside a transaction in the broker''s session, so its role % must already have the privileges of %',
                 p_id, quote_ident(role), quote_ident(session_user)
             USING ERRCODE = '42501',
                   HINT = 'Submit it with transactional => true, or as a role that is a member of the broker''s login.';
     END IF;
-    timeout_ms := coalesce(ceil(extract(epoch FROM j.timeout) * 1000)::bigint, p_default_timeout_ms);
-    PERFORM set_config('statement_timeout', greatest(timeout_ms, 0)::text, p_local);
+    job_sql := CASE WHEN j.job_language = 'plpgsql'
+                    THEN 'DO LANGUAGE plpgsql ' || quote_literal(j.execute_str)
+                    ELSE j.execute_str END;
+    UPDATE broker_jobs SET started_at = clock_timestamp(), backend_pid = pg_backend_pid()
+     WHERE id = p_id;
     PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local);
     PERFORM set_config('broker.job_id', p_id::text, p_local);
     PERFORM set_config('broker.user_login', coalesce(j.user_login, ''), p_local);
-    IF NOT p_local THEN
-        -- set_config takes the role name as a value, never as SQL text.
-        PERFORM set_config('role', role, false);
+    IF p_local THEN
+        PERFORM set_config('broker.execute_str', job_sql, true);
+        RETURN NULL;
     END IF;
-    RETURN CASE WHEN p_local THEN txid_current() END;
+    -- set_config takes the role name as a value, never as SQL text.
+    PERFORM set_config('role', role, false);
+    RETURN job_sql;
+END
+$$;
+
+-- Undoes what a job may have left in the session that outlives it and that a rollback does not
+-- undo: prepared statements, temp objects, LISTEN, session advisory locks, open cursors.
+-- Settings are the caller's part (RESET ALL, a top-level statement, before this runs).
+CREATE OR REPLACE FUNCTION broker_reset_session() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    stmt text;
+BEGIN
+    FOR stmt IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
+        EXECUTE format('DEALLOCATE %I', stmt);
+    END LOOP;
+    IF pg_my_temp_schema() <> 0 THEN
+        EXECUTE 'DISCARD TEMP';
+    END IF;
+    EXECUTE 'DISCARD SEQUENCES';
+    EXECUTE 'CLOSE ALL';
+    UNLISTEN *;
+    PERFORM pg_advisory_unlock_all();
 END
 $$;
 
 -- Records the end of an attempt: 'completed', 'failed' (retried with backoff while attempts
 -- remain; cancelled if a cancel was asked for) or 'pending' (handed back unstarted or rolled
--- back by shutdown). Every failed attempt's error is kept. Returns the job's new status.
+-- back by shutdown), after clearing what the job left in the session. Every failed attempt's
+-- error is kept. Returns the job's status afterwards: 'locked' when another session holds the
+-- row (recovery settles it later), the unchanged status when the claim is no longer held.
 CREATE OR REPLACE FUNCTION broker_set(p_id bigint, p_claim bigint, p_status text,
-                                      p_error text DEFAULT NULL, p_xid bigint DEFAULT NULL)
+                                      p_error text DEFAULT NULL, p_ran_for float8 DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     j broker_jobs;
     cancelled_by name;
 BEGIN
-    IF p_xid IS NOT NULL AND txid_current_if_assigned() IS DISTINCT FROM p_xid THEN
-        RAISE EXCEPTION 'job % ended the broker''s transaction (COMMIT or ROLLBACK in its SQL)', p_id
-            USING ERRCODE = '2D000',
-                  HINT = 'Submit jobs that manage transactions with transactional => false.';
-    END IF;
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE;
+    PERFORM broker_reset_session();
+    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-        RETURN NULL;
+        RETURN CASE WHEN EXISTS (SELECT 1 FROM broker_jobs WHERE id = p_id) THEN 'locked' END;
     END IF;
     IF j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
         RETURN j.status;
     END IF;
-    -- Completing a job updates its dependents; a submitter holding a lock on one of those rows
-    -- must not stall the queue for long (the job then fails with 55P03).
-    PERFORM set_config('lock_timeout', '5s', true);
     DELETE FROM broker_cancel_requests WHERE job_id = p_id RETURNING requested_by INTO cancelled_by;
+    IF j.started_at IS NULL AND p_ran_for IS NOT NULL THEN
+        -- The start was rolled back with the failed attempt; the broker timed it.
+        UPDATE broker_jobs SET started_at = clock_timestamp() - p_ran_for * interval '1 second'
+         WHERE id = p_id;
+    END IF;
     IF p_status = 'completed' THEN
-        UPDATE broker_jobs SET status = 'completed', error_text = NULL, completed_at = now(),
-                               backend_pid = NULL
+        UPDATE broker_jobs SET status = 'completed', error_text = NULL,
+                               completed_at = clock_timestamp(), backend_pid = NULL
          WHERE id = p_id;
     ELSIF p_status IN ('failed', 'pending') AND cancelled_by IS NOT NULL THEN
         -- Also when shutdown rolled the job back: the cancel was asked for, so it stands.
-        UPDATE broker_jobs SET status = 'cancelled', completed_at = now(), backend_pid = NULL,
+        UPDATE broker_jobs SET status = 'cancelled', completed_at = clock_timestamp(),
+                               backend_pid = NULL,
                                error_text = format('cancelled by %s while running', cancelled_by)
          WHERE id = p_id;
     ELSIF p_status = 'failed' THEN
@@ -711,18 +862,23 @@ BEGIN
         IF j.attempts < j.max_attempts THEN
             -- Exponential backoff with jitter: 2^attempt seconds ±25 %, at most an hour.
             UPDATE broker_jobs SET status = 'pending', instance_id = NULL, claim = NULL,
-                                   run_after = now() + least(3600, power(2, j.attempts)
-                                                                   * (0.75 + random() / 2))
-                                                       * interval '1 second'
+                                   delayed = true,
+                                   run_after = clock_timestamp()
+                                               + least(3600, power(2, j.attempts)
+                                                             * (0.75 + random() / 2))
+                                                 * interval '1 second'
              WHERE id = p_id;
+            PERFORM pg_notify('broker_jobs', 'delayed');
         ELSE
-            UPDATE broker_jobs SET status = 'failed', completed_at = now() WHERE id = p_id;
+            UPDATE broker_jobs SET status = 'failed', completed_at = clock_timestamp()
+             WHERE id = p_id;
         END IF;
     ELSIF p_status = 'pending' THEN
         UPDATE broker_jobs SET status = 'pending', attempts = attempts - 1, claim = NULL,
-                               started_at = NULL,
-                               instance_id = NULL, backend_pid = NULL
+                               started_at = NULL, instance_id = NULL, backend_pid = NULL,
+                               delayed = false
          WHERE id = p_id;
+        PERFORM pg_notify('broker_jobs', j.job_queue::text);
     ELSE
         RAISE EXCEPTION 'broker_set: status % is not one of completed, failed, pending',
                 quote_literal(p_status)
@@ -732,19 +888,14 @@ BEGIN
 END
 $$;
 
--- Run by the active instance's listener: cancels the statements of jobs asked to stop.
-CREATE OR REPLACE FUNCTION broker_deliver_cancels() RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    n integer;
-BEGIN
-    SELECT count(pg_cancel_backend(a.pid)) INTO n
+-- Running jobs whose cancel was asked for, with how long ago; the listener of the active
+-- instance cancels their statements, and ends their backends if a job ignores that.
+CREATE OR REPLACE FUNCTION broker_cancel_requested(OUT job_id bigint, OUT waited float8)
+RETURNS SETOF record
+LANGUAGE sql STABLE AS $$
+    SELECT r.job_id, extract(epoch FROM now() - r.requested_at)::float8
       FROM broker_cancel_requests r
       JOIN broker_jobs j ON j.id = r.job_id AND j.status = 'running'
-      JOIN pg_stat_activity a ON a.pid = j.backend_pid
-     WHERE a.application_name = left('pgsql-broker job ' || j.id, 63);
-    RETURN n;
-END
 $$;
 
 -- Deletes up to p_batch finished jobs past their retention (NULL interval = keep forever).
@@ -830,6 +981,12 @@ BEGIN
          WHERE w.status = 'pending' AND w.waiting > 0
          GROUP BY w.id
     )
+    , todo AS (
+        -- A row some other session holds is left for a later poll, never waited for.
+        SELECT j.id, c.open, c.bad FROM broker_jobs j JOIN counts c ON c.id = j.id
+         WHERE j.status = 'pending' AND (c.bad IS NOT NULL OR c.open <> j.waiting)
+           FOR NO KEY UPDATE OF j SKIP LOCKED
+    )
     UPDATE broker_jobs j
        SET waiting      = CASE WHEN c.bad IS NULL THEN c.open ELSE j.waiting END,
            status       = CASE WHEN c.bad IS NULL THEN j.status ELSE 'cancelled' END,
@@ -837,8 +994,8 @@ BEGIN
            error_text   = CASE WHEN c.bad IS NULL THEN j.error_text
                                ELSE format('dependency %s %s', c.bad,
                                            (SELECT status FROM broker_jobs WHERE id = c.bad)) END
-      FROM counts c
-     WHERE j.id = c.id AND j.status = 'pending' AND (c.bad IS NOT NULL OR c.open <> j.waiting);
+      FROM todo c
+     WHERE j.id = c.id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -847,9 +1004,17 @@ $$;
 -- ---------------------------------------------------------------- privileges
 
 -- Dependency bookkeeping is the broker's, whoever's change set it off: these run as the
--- schema's owner (with the pinned search_path below).
+-- schema's owner (with the pinned search_path below). So does the id check, which reads the
+-- identity sequence.
 ALTER FUNCTION broker_job_dependencies_insert() SECURITY DEFINER;
 ALTER FUNCTION broker_jobs_after_end() SECURITY DEFINER;
+ALTER FUNCTION broker_job_id_assigned(bigint) SECURITY DEFINER;
+
+-- The broker's own steps around a job never wait long on a lock some other session holds
+-- (their row locks are SKIP LOCKED already; this bounds what remains, e.g. catalog locks).
+ALTER FUNCTION broker_run(bigint, bigint, boolean) SET lock_timeout = '5s';
+ALTER FUNCTION broker_set(bigint, bigint, text, text, float8) SET lock_timeout = '5s';
+ALTER FUNCTION broker_prepare_runner(oid) SET lock_timeout = '5s';
 
 -- Every function resolves names in pg_catalog, then the install schema, then (last) pg_temp:
 -- a caller's temp table named like ours, or its search_path, must not redirect the broker.
@@ -891,4 +1056,6 @@ END
 $grants$;
 -- The checks of the insert triggers run as whoever inserts; they only ever raise errors.
 GRANT EXECUTE ON FUNCTION broker_check_job_text(text, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION broker_max_job_size() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION broker_caller_is_broker() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION broker_job_id_assigned(bigint) TO PUBLIC;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::broker::{Shared, Started};
 use crate::config::DatabaseConfig;
 use crate::db;
 use crate::error::Error;
 use crate::install;
 use crate::instance::{Instance, TAKEOVER_GRACE};
+use crate::shared::{Shared, Started};
 use crate::sharing::{fair_share, SHARE_STEP};
 
 /// How often a standby looks whether the database it waits for came free. Takeover after the
@@ -197,6 +197,7 @@ impl Acquirer {
                 &shared.settings.name,
                 &shared.in_flight(),
                 grace,
+                shared.settings.evict_lock_holders,
             ) {
                 Ok(instance) => {
                     self.failures = 0;
@@ -250,8 +251,13 @@ impl Acquirer {
         shared: &Shared,
         client: &mut Client,
     ) -> Result<bool, postgres::Error> {
-        let (held, members) = db::instance_lock_state(client)?;
-        if held {
+        let (holder, members) = db::instance_lock_state(client)?;
+        if holder == Some(false) {
+            // Held by a session that is no broker: registering names it (and ends it, if
+            // configured); waiting would wait for nobody.
+            return Ok(true);
+        }
+        if holder.is_some() {
             self.free_since = None;
             if self.state != Some(State::Held) {
                 let holder = db::active_instance(client)?

@@ -1,19 +1,16 @@
 //! The broker: for each database a listener thread and a fixed set of workers, started together
 //! and drained together.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use postgres::CancelToken;
 
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
-use crate::db::{self, Pool};
 use crate::error::Error;
-use crate::instance::Instance;
+use crate::execute::Job;
+use crate::shared::{Process, Shared, Started};
 use crate::{listener, worker};
+
+pub use crate::shutdown::StopHandle;
 
 /// A running broker. `stop()` begins a graceful drain; `wait()` returns once it is done.
 pub struct Broker {
@@ -21,19 +18,6 @@ pub struct Broker {
     /// Listener threads, then worker threads with their database.
     threads: Vec<(JoinHandle<()>, Option<Arc<Shared>>)>,
     databases: Vec<Arc<Shared>>,
-}
-
-/// Asks a broker to drain; cheap to clone and safe to call from a signal thread.
-#[derive(Clone, Debug, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
-
-impl StopHandle {
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 impl Broker {
@@ -59,12 +43,7 @@ impl Broker {
     /// while databases are still being connected already drains them.
     pub fn start_with(config: Config, stop: StopHandle) -> Result<Broker, Error> {
         config.validate()?;
-        let process = Arc::new(Process {
-            standby: config.broker.standby,
-            databases: config.databases.len(),
-            served: AtomicUsize::new(0),
-            last_hand_over: Mutex::new(None),
-        });
+        let process = Arc::new(Process::new(config.broker.standby, config.databases.len()));
         let mut broker = Broker {
             stop,
             threads: Vec::new(),
@@ -121,30 +100,25 @@ impl Broker {
         settings: &BrokerConfig,
         process: &Arc<Process>,
     ) -> Result<mpsc::Receiver<Started>, Error> {
-        let shared = Arc::new(Shared {
-            db: db.clone(),
-            settings: settings.clone(),
-            pool: db::try_pool(db)?,
-            instance: AtomicI64::new(0),
-            process: process.clone(),
-            stop: self.stop.clone(),
-            running: Mutex::new(HashMap::new()),
-            fatal: Mutex::new(None),
-            abandoned: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(
+            db,
+            settings,
+            process.clone(),
+            self.stop.clone(),
+        )?);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let mut wakers = Vec::new();
+        let mut queues = Vec::new();
         let mut slot = 0;
         for queue in 1..=db.queue_count as i32 {
-            let (wake_tx, wake_rx) = crossbeam_channel::bounded(settings.queue_buffer_size);
-            wakers.push(wake_tx);
+            let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(settings.queue_buffer_size);
+            queues.push(jobs_tx);
             for _ in 0..settings.workers_per_queue {
-                let (worker_shared, wake_rx, done_tx) =
-                    (shared.clone(), wake_rx.clone(), done_tx.clone());
+                let (worker_shared, jobs_rx, done_tx) =
+                    (shared.clone(), jobs_rx.clone(), done_tx.clone());
                 self.spawn(
                     format!("worker {} q{queue}", db.name),
                     Some(shared.clone()),
-                    move || worker::run(worker_shared, queue, slot, wake_rx, done_tx),
+                    move || worker::run(worker_shared, queue, slot, jobs_rx, done_tx),
                 )?;
                 slot += 1;
             }
@@ -155,7 +129,7 @@ impl Broker {
         self.databases.push(shared);
         self.spawn(format!("listener {}", db.name), None, move || {
             let guard = listener_shared.clone();
-            let run = move || listener::run(listener_shared, wakers, done_rx, first_tx);
+            let run = move || listener::run(listener_shared, queues, done_rx, first_tx);
             // A bug in the listener must not leave the process up without serving the
             // database: stop everything and exit non-zero, so the supervisor restarts it.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
@@ -225,166 +199,5 @@ impl Broker {
         } else {
             Err(Error::Runtime(problems.join("; ")))
         }
-    }
-}
-
-/// How a listener's first try went, for `Broker::start`.
-pub(crate) enum Started {
-    Serving,
-    /// Held by another instance; this standby waits for it.
-    Waiting,
-    /// The server is a standby; the listener waits for its promotion.
-    InRecovery,
-    /// Not reachable now; the listener keeps trying.
-    Unreachable(Error),
-    /// Must not or cannot be served: another instance holds it (without standby), or the
-    /// schema or a setting is unusable.
-    Refused(Error),
-}
-
-/// What the databases of one broker process share: whether it runs in standby mode and how
-/// many databases it serves, to share them out with other standby processes.
-pub(crate) struct Process {
-    pub standby: bool,
-    /// Databases configured in this process.
-    pub databases: usize,
-    /// Databases this process is the active instance of now.
-    served: AtomicUsize,
-    /// When this process last began handing a database over to another process.
-    last_hand_over: Mutex<Option<Instant>>,
-}
-
-impl Process {
-    pub fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
-    }
-
-    /// True (and noted) if no hand-over began within `cooldown`: one at a time, so the counts
-    /// other processes see settle before the next move.
-    pub fn begin_hand_over(&self, cooldown: Duration) -> bool {
-        let mut last = self
-            .last_hand_over
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < cooldown) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
-    }
-}
-
-/// What the listener and workers of one database share.
-pub(crate) struct Shared {
-    pub db: DatabaseConfig,
-    pub settings: BrokerConfig,
-    pub pool: Pool,
-    /// The instance id, 0 while the listener has none (connecting, waiting or handing over).
-    instance: AtomicI64,
-    pub process: Arc<Process>,
-    stop: StopHandle,
-    /// Jobs running now, by worker slot, with what cancels them.
-    running: Mutex<HashMap<usize, (i64, CancelToken)>>,
-    /// Why this database stopped being served, when it was not a requested stop.
-    fatal: Mutex<Option<String>>,
-    /// Set when shutdown gave up on workers that did not stop after their job was cancelled.
-    abandoned: AtomicBool,
-}
-
-impl Shared {
-    pub fn abandon_workers(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-    }
-
-    pub fn workers_abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::SeqCst)
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stop.is_stopped()
-    }
-
-    /// Stops the whole broker because this database cannot be served; `wait()` reports `why`.
-    pub fn fail(&self, why: String) {
-        log::error!("database {}: {why}; stopping", self.db.name);
-        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(format!("database {}: {why}", self.db.name));
-        self.stop.stop();
-    }
-
-    fn fatal(&self) -> Option<String> {
-        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn instance(&self) -> Option<i64> {
-        Some(self.instance.load(Ordering::SeqCst)).filter(|&id| id != 0)
-    }
-
-    /// Publishes the instance the workers claim for (None: claim nothing) and keeps the
-    /// process's count of served databases.
-    pub fn set_instance(&self, instance: Option<Instance>) {
-        let new = instance.map_or(0, |i| i.id);
-        let old = self.instance.swap(new, Ordering::SeqCst);
-        match (old, new) {
-            (0, n) if n != 0 => {
-                self.process.served.fetch_add(1, Ordering::SeqCst);
-            }
-            (o, 0) if o != 0 => {
-                self.process.served.fetch_sub(1, Ordering::SeqCst);
-            }
-            _ => {}
-        }
-    }
-
-    /// Sleeps up to `d`, returning early on shutdown.
-    pub fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.is_stopping() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
-    }
-
-    fn running(&self) -> MutexGuard<'_, HashMap<usize, (i64, CancelToken)>> {
-        // A worker that panicked while holding the lock left nothing half-written in a map insert.
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Notes that `slot` runs `job`; the returned guard forgets it again.
-    pub fn track(&self, slot: usize, job: i64, cancel: CancelToken) -> InFlight<'_> {
-        self.running().insert(slot, (job, cancel));
-        InFlight { shared: self, slot }
-    }
-
-    pub fn in_flight(&self) -> Vec<i64> {
-        self.running().values().map(|(id, _)| *id).collect()
-    }
-
-    /// Cancels every running job's statement; returns how many were asked.
-    pub fn cancel_running(&self) -> usize {
-        let running: Vec<(i64, CancelToken)> = self.running().values().cloned().collect();
-        for (job, token) in &running {
-            if let Err(e) = db::cancel(&self.db, token) {
-                log::warn!("database {}: cannot cancel job {job}: {e}", self.db.name);
-            }
-        }
-        running.len()
-    }
-}
-
-/// A job marked as running on a worker slot for as long as this lives.
-pub(crate) struct InFlight<'a> {
-    shared: &'a Shared,
-    slot: usize,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.shared.running().remove(&self.slot);
     }
 }

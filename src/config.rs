@@ -86,12 +86,13 @@ pub struct DatabaseConfig {
 pub struct BrokerConfig {
     /// Instance name recorded in `broker_queueinstance`.
     pub name: String,
-    /// Accepted for compatibility and validated, but reserved: workers claim one job at a time
-    /// so priority order stays exact for jobs that arrive while others run (see README).
+    /// Jobs the listener claims for a queue in one statement at most, and jobs a worker runs
+    /// in one transaction at most (never more than 64, see `worker::MAX_JOBS_PER_TRANSACTION`).
     pub fetch_query_que_size: u32,
     /// Seconds between polls that catch jobs a notification missed.
     pub queue_timer_sec: u64,
-    /// Capacity of each queue's wake-up channel.
+    /// Capacity of each queue's channel of claimed jobs: how many jobs may wait, claimed, for
+    /// a queue's workers (and so how long a newly arrived higher-priority job may wait).
     pub queue_buffer_size: usize,
     /// Seconds an idle worker keeps its pooled connection before giving it back.
     pub worker_idle_timeout_sec: u64,
@@ -106,6 +107,17 @@ pub struct BrokerConfig {
     /// Timeout of jobs that set none themselves; zero means none.
     #[serde(deserialize_with = "de_duration")]
     pub default_job_timeout: Duration,
+    /// A cap no job's timeout can exceed, a job's `timeout => '0'` included; zero: no cap.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_job_timeout: Duration,
+    /// A worker's transaction commits once it has run this long (milliseconds), so no job's
+    /// commit waits long and no lock is held long.
+    pub batch_max_ms: u64,
+    /// Largest `execute_str` (bytes) the database accepts in a job or schedule; 0: no limit.
+    pub max_job_size: u64,
+    /// End a session that holds the instance lock but is no broker instance, where the
+    /// broker's login may (superuser, or a member of `pg_signal_backend`).
+    pub evict_lock_holders: bool,
     /// Completed jobs older than this are deleted; zero keeps them forever.
     #[serde(deserialize_with = "de_duration")]
     pub retention_completed: Duration,
@@ -305,6 +317,10 @@ impl Default for BrokerConfig {
             workers_per_queue: 1,
             shutdown_timeout_sec: 30,
             default_job_timeout: Duration::ZERO,
+            max_job_timeout: Duration::ZERO,
+            batch_max_ms: 5,
+            max_job_size: 1024 * 1024,
+            evict_lock_holders: true,
             retention_completed: Duration::from_secs(7 * 86_400),
             retention_failed: Duration::from_secs(30 * 86_400),
             retention_batch_size: 1000,
@@ -559,6 +575,9 @@ impl Config {
                 0,
                 365 * DAY,
             ),
+            ("max_job_timeout", b.max_job_timeout.as_secs(), 0, 365 * DAY),
+            ("batch_max_ms", b.batch_max_ms, 1, 60_000),
+            ("max_job_size", b.max_job_size, 0, 1 << 30),
             (
                 "retention_completed",
                 b.retention_completed.as_secs(),
@@ -626,6 +645,10 @@ impl BrokerConfig {
             "workers_per_queue" => self.workers_per_queue = parse_scalar(v)?,
             "shutdown_timeout_sec" => self.shutdown_timeout_sec = parse_scalar(v)?,
             "default_job_timeout" => self.default_job_timeout = parse_duration(v)?,
+            "max_job_timeout" => self.max_job_timeout = parse_duration(v)?,
+            "batch_max_ms" => self.batch_max_ms = parse_scalar(v)?,
+            "max_job_size" => self.max_job_size = parse_scalar(v)?,
+            "evict_lock_holders" => self.evict_lock_holders = parse_scalar(v)?,
             "retention_completed" => self.retention_completed = parse_duration(v)?,
             "retention_failed" => self.retention_failed = parse_duration(v)?,
             "retention_batch_size" => self.retention_batch_size = parse_scalar(v)?,

@@ -11,6 +11,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use crate::config::{self, DatabaseConfig, KeyError, Secret};
 use crate::error::Error;
+use crate::execute::Job;
 use crate::tls::{self, MakeTls};
 
 pub type Pool = r2d2::Pool<PoolManager>;
@@ -211,53 +212,6 @@ pub fn is_query_canceled(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::QUERY_CANCELED)
 }
 
-/// How a job's SQL is handed to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    Sql,
-    Plpgsql,
-}
-
-/// A job claimed by this broker instance.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: i64,
-    /// The claim token `broker_get` gave; starting and finishing the job need it.
-    pub claim: i64,
-    pub attempt: i32,
-    pub execute_str: String,
-    pub language: Language,
-    pub transactional: bool,
-}
-
-impl Job {
-    /// The text sent to the server: the statements as they are, or a plpgsql body as a DO block
-    /// quoted with a dollar tag that does not occur in the body.
-    pub fn sql(&self) -> String {
-        match self.language {
-            Language::Sql => self.execute_str.clone(),
-            Language::Plpgsql => {
-                let mut tag = String::from("$pgsql_broker$");
-                let mut n = 0;
-                while self.execute_str.contains(&tag) {
-                    n += 1;
-                    tag = format!("$pgsql_broker{n}$");
-                }
-                format!("DO LANGUAGE plpgsql {tag}{}{tag}", self.execute_str)
-            }
-        }
-    }
-}
-
-/// The end of an attempt, as `broker_set` records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    Failed(String),
-    /// Handed back unstarted, or rolled back by shutdown: runs again later.
-    Pending,
-}
-
 /// Registers this process as the database's active instance; see `broker_register_instance`.
 /// `in_flight`: jobs this process's workers still run (under an earlier instance id after a
 /// reconnect), which recovery must leave alone.
@@ -267,15 +221,17 @@ pub fn register_instance(
     host: &str,
     version: &str,
     in_flight: &[i64],
+    evict: bool,
 ) -> Result<i64, postgres::Error> {
     let row = c.query_one(
-        "SELECT broker_register_instance($1, $2, $3, $4, $5)",
+        "SELECT broker_register_instance($1, $2, $3, $4, $5, $6)",
         &[
             &name,
             &host,
             &(std::process::id() as i32),
             &version,
             &in_flight,
+            &evict,
         ],
     )?;
     Ok(row.get(0))
@@ -309,18 +265,17 @@ pub fn take_member_lock(c: &mut Client) -> Result<(), postgres::Error> {
     ))
 }
 
-/// Whether some session holds the instance lock now, and how many standby processes (holders
-/// of the member lock) are connected to the database.
-pub fn instance_lock_state(c: &mut Client) -> Result<(bool, i64), postgres::Error> {
+/// Who holds the instance lock now (None: nobody; Some(false): a session that is no broker
+/// instance), and how many standby processes (holders of the member lock) are connected.
+pub fn instance_lock_state(c: &mut Client) -> Result<(Option<bool>, i64), postgres::Error> {
     let row = c.query_one(
         &format!(
-            "SELECT coalesce(bool_or(l.mode = 'ExclusiveLock'
-                                     AND l.classid = ((k.instance >> 32) & 4294967295)::oid
-                                     AND l.objid = (k.instance & 4294967295)::oid), false),
+            "SELECT (SELECT coalesce(h.is_broker, false) FROM broker_instance_lock_holder() h
+                      WHERE h.pid IS NOT NULL),
                     count(l.pid) FILTER (WHERE l.mode = 'ShareLock'
                                          AND l.classid = ((k.member >> 32) & 4294967295)::oid
                                          AND l.objid = (k.member & 4294967295)::oid)
-               FROM (SELECT broker_instance_lock_key() AS instance, {MEMBER_LOCK_KEY} AS member) k
+               FROM (SELECT {MEMBER_LOCK_KEY} AS member) k
                LEFT JOIN pg_locks l
                  ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -353,95 +308,166 @@ pub fn shutdown_instance(c: &mut Client, instance: i64) -> Result<(), postgres::
         .map(drop)
 }
 
-/// Recovers jobs left running by dead instances, or by this one outside `in_flight`.
-pub fn recover(c: &mut Client, instance: i64, in_flight: &[i64]) -> Result<i32, postgres::Error> {
-    Ok(
-        c.query_one("SELECT broker_recover($1, $2)", &[&instance, &in_flight])?
-            .get(0),
-    )
+/// What recovery did: jobs pending again, and the non-transactional jobs it failed (they may
+/// have applied part of their work; an operator should look at them).
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub requeued: i32,
+    pub failed: Vec<i64>,
 }
 
-/// True while jobs of other (dead) instances are still running, e.g. in backends being terminated.
-pub fn orphans_left(c: &mut Client, instance: i64) -> Result<bool, postgres::Error> {
+impl Recovered {
+    pub fn log(&self, database: &str) {
+        if self.requeued > 0 {
+            log::info!(
+                "database {database}: recovered {} job(s) left running by a dead instance or a lost connection: pending again",
+                self.requeued
+            );
+        }
+        if !self.failed.is_empty() {
+            log::warn!(
+                "database {database}: non-transactional job(s) {:?} were running when their instance died; recorded failed (they may have applied part of their work)",
+                self.failed
+            );
+        }
+    }
+}
+
+/// Recovers jobs left running by dead instances, or by this one outside `in_flight`.
+pub fn recover(
+    c: &mut Client,
+    instance: i64,
+    in_flight: &[i64],
+) -> Result<Recovered, postgres::Error> {
     let row = c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM broker_jobs WHERE status = 'running' AND instance_id IS DISTINCT FROM $1)",
-        &[&instance],
+        "SELECT requeued, failed FROM broker_recover($1, $2)",
+        &[&instance, &in_flight],
+    )?;
+    Ok(Recovered {
+        requeued: row.get(0),
+        failed: row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default(),
+    })
+}
+
+/// True while running jobs that are not in `in_flight` remain, e.g. in backends being
+/// terminated.
+pub fn orphans_left(c: &mut Client, in_flight: &[i64]) -> Result<bool, postgres::Error> {
+    let row = c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM broker_jobs
+                         WHERE status = 'running' AND NOT id = ANY ($1))",
+        &[&in_flight],
     )?;
     Ok(row.get(0))
 }
 
-/// Queues to wake: those in 1..=`max_queue` with a job ready to run now, and those above it
-/// that hold pending jobs (waking them logs that nobody will run them).
-pub fn queues_to_wake(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
+/// Queues above `max_queue` that hold ready jobs: nobody will run those.
+pub fn queues_above(c: &mut Client, max_queue: i32) -> Result<Vec<i32>, postgres::Error> {
     let rows = c.query(
         "SELECT DISTINCT job_queue FROM broker_jobs
-          WHERE status = 'pending'
-            AND (job_queue > $1 OR (waiting = 0 AND run_after <= now()))",
+          WHERE status = 'pending' AND waiting = 0 AND NOT delayed AND job_queue > $1",
         &[&max_queue],
     )?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Claims up to `limit` jobs of `queue` for `instance` and commits the claim.
-pub fn claim(
-    c: &mut impl GenericClient,
-    queue: i32,
-    instance: i64,
+/// The claim (`broker_get`), prepared once per listener connection.
+pub struct ClaimStatement(postgres::Statement);
+
+impl ClaimStatement {
+    pub fn prepare(c: &mut Client) -> Result<ClaimStatement, postgres::Error> {
+        c.prepare(
+            "SELECT id, claim, attempt, role_oid, timeout_ms, transactional
+               FROM broker_get($1, $2, $3)",
+        )
+        .map(ClaimStatement)
+    }
+
+    /// Claims up to `limit` ready jobs of `queue` for `instance` (committed), best first.
+    pub fn claim(
+        &self,
+        c: &mut Client,
+        queue: i32,
+        instance: i64,
+        limit: i32,
+    ) -> Result<Vec<Job>, postgres::Error> {
+        let rows = c.query(&self.0, &[&queue, &instance, &limit])?;
+        Ok(rows
+            .iter()
+            .map(|r| Job {
+                id: r.get(0),
+                claim: r.get(1),
+                attempt: r.get(2),
+                role: r.get(3),
+                timeout: r
+                    .get::<_, Option<i64>>(4)
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                transactional: r.get(5),
+            })
+            .collect())
+    }
+}
+
+/// Makes delayed jobs that are due claimable; returns the queues that got some, and how long
+/// until the next delayed job is due.
+pub fn promote_delayed(
+    c: &mut Client,
     limit: i32,
-) -> Result<Vec<Job>, postgres::Error> {
-    let rows = c.query(
-        "SELECT id, claim, attempt, execute_str, job_language, transactional FROM broker_get($1, $2, $3)",
-        &[&queue, &instance, &limit],
+) -> Result<(Vec<i32>, Option<Duration>), postgres::Error> {
+    let row = c.query_one(
+        "SELECT queues, next_in FROM broker_promote_delayed($1)",
+        &[&limit],
     )?;
+    let queues: Option<Vec<i32>> = row.get(0);
+    let next_in: Option<f64> = row.get(1);
+    Ok((
+        queues.unwrap_or_default(),
+        next_in.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)),
+    ))
+}
+
+/// Running jobs whose cancel was asked for, with how long ago.
+pub fn cancel_requested(c: &mut Client) -> Result<Vec<(i64, Duration)>, postgres::Error> {
+    let rows = c.query("SELECT job_id, waited FROM broker_cancel_requested()", &[])?;
     Ok(rows
         .iter()
-        .map(|r| Job {
-            id: r.get(0),
-            claim: r.get(1),
-            attempt: r.get(2),
-            execute_str: r.get(3),
-            language: if r.get::<_, &str>(4) == "plpgsql" {
-                Language::Plpgsql
-            } else {
-                Language::Sql
-            },
-            transactional: r.get(5),
+        .map(|r| {
+            let secs: f64 = r.get(1);
+            (
+                r.get(0),
+                Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or_default(),
+            )
         })
         .collect())
 }
 
-/// Starts `job` in the current transaction (or session, for a non-transactional job) and
-/// switches to its role. Returns the transaction id its completion must commit in.
-pub fn begin_job(
-    c: &mut impl GenericClient,
-    job: &Job,
-    default_timeout: Duration,
-) -> Result<Option<i64>, postgres::Error> {
-    let default_ms = i64::try_from(default_timeout.as_millis()).unwrap_or(i64::MAX);
+/// Cancels the statement of backend `pid` or, with `terminate`, ends the backend.
+pub fn signal_backend(c: &mut Client, pid: i32, terminate: bool) -> Result<(), postgres::Error> {
+    let function = if terminate {
+        "pg_terminate_backend"
+    } else {
+        "pg_cancel_backend"
+    };
+    c.execute(&format!("SELECT pg_catalog.{function}($1)"), &[&pid])
+        .map(drop)
+}
+
+/// The schema the broker is installed in (as found through the session's search_path, as the
+/// install did), quoted for SQL.
+pub fn broker_schema(c: &mut Client) -> Result<String, postgres::Error> {
     let row = c.query_one(
-        "SELECT broker_run($1, $2, $3, $4)",
-        &[&job.id, &job.claim, &job.transactional, &default_ms],
+        "SELECT pg_catalog.quote_ident(n.nspname::text)
+           FROM pg_catalog.pg_class r
+           JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+          WHERE r.oid = 'broker_jobs'::regclass",
+        &[],
     )?;
     Ok(row.get(0))
 }
 
-/// Records how an attempt ended; returns the job's status afterwards.
-pub fn finish_job(
-    c: &mut impl GenericClient,
-    job: &Job,
-    outcome: &Outcome,
-    xid: Option<i64>,
-) -> Result<Option<String>, postgres::Error> {
-    let (status, error) = match outcome {
-        Outcome::Completed => ("completed", None),
-        Outcome::Failed(e) => ("failed", Some(e.as_str())),
-        Outcome::Pending => ("pending", None),
-    };
-    let row = c.query_one(
-        "SELECT broker_set($1, $2, $3, $4, $5)",
-        &[&job.id, &job.claim, &status, &error, &xid],
-    )?;
-    Ok(row.get(0))
+/// Publishes a setting the database enforces (see `broker_settings`).
+pub fn publish_setting(c: &mut Client, name: &str, value: &str) -> Result<(), postgres::Error> {
+    c.execute("SELECT broker_publish_setting($1, $2)", &[&name, &value])
+        .map(drop)
 }
 
 /// A job as `pgsql-broker add` submits it.
@@ -515,11 +541,6 @@ pub fn settle_dependencies(c: &mut Client) -> Result<i32, postgres::Error> {
         .get(0))
 }
 
-/// Cancels the statements of running jobs whose cancel was asked for; returns how many.
-pub fn deliver_cancels(c: &mut Client) -> Result<i32, postgres::Error> {
-    Ok(c.query_one("SELECT broker_deliver_cancels()", &[])?.get(0))
-}
-
 /// Deletes one batch of finished jobs past retention (a zero duration keeps them); returns
 /// how many rows went.
 pub fn purge(
@@ -538,33 +559,6 @@ pub fn purge(
         ],
     )?;
     Ok(row.get(0))
-}
-
-/// Makes sure the job's role has its runner (see `broker_prepare_job`). Runs in its own
-/// transaction, before the job's.
-pub fn prepare_job(c: &mut Client, job: &Job) -> Result<Runner, postgres::Error> {
-    let role: u32 = c
-        .query_one("SELECT broker_prepare_job($1)", &[&job.id])?
-        .get(0);
-    Ok(Runner { role })
-}
-
-/// The SECURITY DEFINER function `broker_exec.run_<role oid>` that runs a job's SQL as the
-/// job's role, where the job cannot SET ROLE back to the broker's login.
-#[derive(Debug, Clone, Copy)]
-pub struct Runner {
-    role: u32,
-}
-
-impl Runner {
-    /// Runs `sql` through the runner; the SQL travels as a parameter, never as statement text.
-    pub fn run(&self, c: &mut impl GenericClient, sql: &str) -> Result<(), postgres::Error> {
-        c.execute(
-            &format!("SELECT broker_exec.run_{}($1)", self.role),
-            &[&sql],
-        )
-        .map(drop)
-    }
 }
 
 /// A schedule as the scheduler reads it: one to plan (`next_run` NULL) or one that is due.

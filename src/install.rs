@@ -7,7 +7,10 @@ use crate::error::Error;
 
 /// Schema files in order; file `i` (0-based) brings the schema to version `i + 1`. They hold
 /// tables, indexes, roles and policies. Never edit a released one: add the next file instead.
-pub const MIGRATIONS: &[&str] = &[include_str!("../sql/001_schema.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../sql/001_schema.sql"),
+    include_str!("../sql/002_job_execution.sql"),
+];
 
 /// Every function and trigger, re-applied by each install after the migrations (all of it is
 /// idempotent), so each function has exactly one definition in the source.
@@ -24,6 +27,7 @@ const TABLES: &[&str] = &[
     "broker_schedule",
     "broker_job_dependencies",
     "broker_cancel_requests",
+    "broker_settings",
 ];
 const FUNCTIONS: &[&str] = &[
     "broker_add_job",
@@ -36,14 +40,16 @@ const FUNCTIONS: &[&str] = &[
     "broker_recover",
     "broker_holds_instance_lock",
     "broker_cancel_job",
-    "broker_deliver_cancels",
+    "broker_cancel_requested",
+    "broker_promote_delayed",
     "broker_purge",
     "broker_add_schedule",
     "broker_remove_schedule",
     "broker_enable_schedule",
     "broker_disable_schedule",
     "broker_fire_schedule",
-    "broker_prepare_job",
+    "broker_prepare_runner",
+    "broker_reset_session",
 ];
 
 /// Serializes concurrent installers on one database.

@@ -37,6 +37,7 @@ impl Instance {
         name: &str,
         in_flight: &[i64],
         grace: Duration,
+        evict: bool,
     ) -> Result<Instance, Error> {
         let deadline = Instant::now() + grace;
         loop {
@@ -46,6 +47,7 @@ impl Instance {
                 &hostname(),
                 env!("CARGO_PKG_VERSION"),
                 in_flight,
+                evict,
             ) {
                 Ok(id) => return Ok(Instance { id }),
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {

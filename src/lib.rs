@@ -1,8 +1,8 @@
 //! pgsql-broker: a job broker for PostgreSQL. Jobs are rows in `broker_jobs`; the broker runs
 //! their SQL inside the database, woken by LISTEN/NOTIFY and a slow poll.
 //!
-//! Data flows one way: notification ([`listener`]) → claim and run ([`worker`]) → result
-//! (`broker_set`, through [`db`]).
+//! Data flows one way: notification → claim (the listener) → a queue's channel → the queue's
+//! workers, which run each job and record its result (`broker_set`) in the same transaction.
 //!
 //! ```no_run
 //! use pgsql_broker::{Broker, Config, DatabaseConfig};
@@ -27,6 +27,8 @@ pub mod cron;
 pub mod db;
 /// The error type.
 pub mod error;
+/// The statements that run a claimed job, and what they return.
+mod execute;
 /// The embedded schema and its installer.
 pub mod install;
 /// The single active instance per database.
@@ -37,6 +39,8 @@ mod listener;
 pub mod logging;
 /// Due schedules become jobs (called from the listener's poll).
 mod scheduler;
+/// What the listener and workers of a database share.
+mod shared;
 /// Standby processes sharing databases out among themselves.
 mod sharing;
 /// SIGTERM/SIGINT handling.

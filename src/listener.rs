@@ -1,8 +1,11 @@
-//! The listener of one database. On its dedicated connection it holds the instance lock,
-//! LISTENs on `broker_jobs` and turns each notification (payload: the queue) into wake-ups
-//! for that queue's workers. Every `queue_timer_sec` it polls for ready jobs a notification
-//! missed and recovers jobs left by dead instances; every few seconds it sends the heartbeat.
-//! On shutdown it drains the workers and marks the instance shut down.
+//! The listener of one database. On its dedicated connection it holds the instance lock and
+//! LISTENs on `broker_jobs`; a notification (payload: the queue) makes it claim that queue's
+//! ready jobs, as many as the queue's channel has room for, in one statement, and send them
+//! down the channel to the queue's workers. Every `queue_timer_sec` it polls: recovery of
+//! jobs left by dead instances, dependencies, retention, schedules, and a claim for every
+//! queue. It also enforces deadlines (ending the backend of a job that outlived its timeout
+//! or a cancel) and sends the heartbeat. On shutdown it drains the workers and marks the
+//! instance shut down.
 //!
 //! Becoming the active instance (connecting, retrying, waiting as a standby) is the
 //! [`Acquirer`]'s part; when the connection drops the listener hands back to it, and serves
@@ -18,10 +21,12 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
 use crate::acquire::Acquirer;
-use crate::broker::{Shared, Started};
 use crate::db::{self, describe};
+use crate::execute::Job;
 use crate::instance::{Instance, HEARTBEAT_INTERVAL};
+use crate::shared::{Shared, Started};
 use crate::sharing;
+use crate::worker::DEADLINE_GRACE;
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
@@ -71,14 +76,14 @@ impl From<postgres::Error> for Interrupted {
 /// the database goes to another process.
 pub(crate) fn run(
     shared: Arc<Shared>,
-    wakers: Vec<Sender<()>>,
+    queues: Vec<Sender<Job>>,
     done: Receiver<()>,
     first: std::sync::mpsc::Sender<Started>,
 ) {
     let name = shared.db.name.clone();
     let mut acquirer = Acquirer::new(first);
     let mut session: Option<(Client, Instance)> = None;
-    let mut warned_queues = HashSet::new();
+    let mut memory = Memory::new();
     while !shared.is_stopping() {
         let Some((client, instance)) = session.as_mut() else {
             session = acquirer.acquire(&shared);
@@ -88,7 +93,7 @@ pub(crate) fn run(
             }
             continue;
         };
-        match serve(&shared, client, *instance, &wakers, &mut warned_queues) {
+        match serve(&shared, client, *instance, &queues, &mut memory) {
             Ok(()) => {}
             Err(Interrupted::Connection(e)) => {
                 // Running jobs go on on their own connections; nothing new is claimed until
@@ -147,7 +152,7 @@ pub(crate) fn run(
             }
         }
     }
-    drain(&shared, wakers, done);
+    drain(&shared, queues, done);
     if let Some((mut client, instance)) = session {
         match instance.shutdown(&mut client) {
             Ok(()) => log::info!("database {name}: instance {} shut down", instance.id),
@@ -160,23 +165,76 @@ pub(crate) fn run(
     }
 }
 
-/// Listens, polls and beats the heart until shutdown or a broken connection.
+/// What the listener remembers across reconnects: what it warned about, and the counts of the
+/// periodic summary.
+struct Memory {
+    /// Queues above `queue_count` already reported (bounded: a flood cannot grow it).
+    warned_queues: HashSet<i32>,
+    /// Notifications ignored since the last report, and when that was.
+    ignored: u64,
+    last_report: Instant,
+    /// Totals at the last summary line, to log what changed since, and when that was.
+    last_summary: (u64, u64, u64),
+    last_summary_at: Instant,
+}
+
+/// Queues above `queue_count` reported at most, so a flood of them cannot grow memory.
+const MAX_WARNED_QUEUES: usize = 100;
+
+/// How often the listener writes its summary line (jobs completed, failed, rate).
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Delayed jobs promoted per statement, so a large backlog is worked off in bounded steps.
+const PROMOTE_BATCH: i32 = 10_000;
+
+impl Memory {
+    fn new() -> Memory {
+        Memory {
+            warned_queues: HashSet::new(),
+            ignored: 0,
+            last_report: Instant::now(),
+            last_summary: (0, 0, 0),
+            last_summary_at: Instant::now(),
+        }
+    }
+}
+
+/// What woke the listener, gathered over one round of notifications; a flood of the same kind
+/// costs one action.
+#[derive(Default)]
+struct Wakeups {
+    cancel: bool,
+    schedule: bool,
+    delayed: bool,
+}
+
+/// Listens, claims, polls and beats the heart until shutdown or a broken connection.
 fn serve(
     shared: &Shared,
     client: &mut Client,
     instance: Instance,
-    wakers: &[Sender<()>],
-    warned_queues: &mut HashSet<i32>,
+    queues: &[Sender<Job>],
+    memory: &mut Memory,
 ) -> Result<(), Interrupted> {
-    client.batch_execute("LISTEN broker_jobs")?;
+    prepare_session(shared, client)?;
+    let claim = db::ClaimStatement::prepare(client)?;
     let poll_every = Duration::from_secs(shared.settings.queue_timer_sec);
     // Poll at once: jobs added while we were not listening must not wait for the timer.
     let mut next_poll = Instant::now();
     let mut next_ping = Instant::now() + HEARTBEAT_INTERVAL;
+    let mut next_delayed: Option<Instant> = None;
+    let mut next_cancels: Option<Instant> = None;
+    let mut wanted = vec![true; queues.len()];
+    let mut woke = Wakeups {
+        delayed: true,
+        ..Wakeups::default()
+    };
     while !shared.is_stopping() {
         let now = Instant::now();
         if now >= next_poll {
-            let (orphans, schedule_wait) = poll(shared, client, instance, wakers, warned_queues)?;
+            let (orphans, schedule_wait) = poll(shared, client, instance, queues.len(), memory)?;
+            wanted.iter_mut().for_each(|w| *w = true);
+            woke.cancel = true;
             // Orphans still locked by a dying backend are free in a moment: look again soon.
             next_poll = now
                 + if orphans {
@@ -189,6 +247,24 @@ fn serve(
             if let Some(wait) = schedule_wait {
                 next_poll = next_poll.min(Instant::now() + wait);
             }
+        } else if std::mem::take(&mut woke.schedule) {
+            if let Some(wait) =
+                maintenance(shared, crate::scheduler::run(&shared.db.name, client))?.flatten()
+            {
+                next_poll = next_poll.min(Instant::now() + wait);
+            }
+        }
+        if std::mem::take(&mut woke.delayed) || next_delayed.is_some_and(|t| now >= t) {
+            let (ready, next_in) = db::promote_delayed(client, PROMOTE_BATCH)?;
+            for queue in ready {
+                if let Some(w) = usize::try_from(queue - 1)
+                    .ok()
+                    .and_then(|i| wanted.get_mut(i))
+                {
+                    *w = true;
+                }
+            }
+            next_delayed = next_in.map(|d| Instant::now() + d);
         }
         if now >= next_ping {
             if !instance.ping(client)? {
@@ -198,30 +274,17 @@ fn serve(
                 return Err(Interrupted::HandOver(members));
             }
             next_ping = now + HEARTBEAT_INTERVAL;
+            summary(shared, memory);
         }
-        let mut cancel_asked = false;
-        {
-            let mut notifications = client.notifications();
-            let mut iter = notifications
-                .timeout_iter(TICK)
-                .take(MAX_NOTIFICATIONS_PER_TICK);
-            while let Some(n) = iter.next()? {
-                match n.payload() {
-                    "cancel" => cancel_asked = true,
-                    crate::scheduler::NOTIFY_PAYLOAD => next_poll = Instant::now(),
-                    payload => match payload.parse::<i32>() {
-                        Ok(queue) => wake(shared, wakers, queue, warned_queues),
-                        Err(_) => log::debug!(
-                            "database {}: ignoring notification {payload:?}",
-                            shared.db.name
-                        ),
-                    },
-                }
-            }
+        if std::mem::take(&mut woke.cancel) || next_cancels.is_some_and(|t| now >= t) {
+            // Until every asked-for cancel has taken, look again every second (the backstop).
+            next_cancels = deliver_cancels(shared, client)?.then(|| now + Duration::from_secs(1));
         }
-        if cancel_asked {
-            db::deliver_cancels(client)?;
-        }
+        enforce_deadlines(shared, client)?;
+        let soon = claim_for(shared, client, &claim, instance, queues, &mut wanted)?;
+        // A queue with more ready jobs than its channel took is looked at again in a moment.
+        let wait = if soon { BACKLOG_TICK } else { TICK };
+        listen(shared, client, wait, &mut wanted, &mut woke, memory)?;
         if client.is_closed() {
             return Err(Interrupted::Connection("connection closed".into()));
         }
@@ -229,37 +292,225 @@ fn serve(
     Ok(())
 }
 
-/// Recovers orphaned jobs, wakes every queue that has a ready job and fires due schedules.
+/// How long the listener waits for notifications while a queue has more ready jobs than its
+/// channel could take: its workers free room within milliseconds when jobs are short.
+const BACKLOG_TICK: Duration = Duration::from_millis(1);
+
+/// The listener's session: LISTEN, the broker's schema first in its path, bounded lock waits,
+/// and commits that do not wait for the disk (a claim lost in a crash is simply not a claim:
+/// the job is still pending; a job's own transaction commits durably and flushes the claim
+/// before it). The settings the database enforces are published here.
+fn prepare_session(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
+    let schema = db::broker_schema(client)?;
+    client.batch_execute(&format!(
+        "LISTEN broker_jobs; SET search_path = pg_catalog, {schema}; \
+         SET lock_timeout = '5s'; SET synchronous_commit = off"
+    ))?;
+    shared.set_schema(&schema);
+    db::publish_setting(
+        client,
+        "max_job_size",
+        &shared.settings.max_job_size.to_string(),
+    )
+}
+
+/// Claims ready jobs for every queue that wants them and has room in its channel, and sends
+/// them there (never blocking: the claim takes no more than the channel has room for).
+/// Returns true when some queue has more waiting than its channel could take.
+fn claim_for(
+    shared: &Shared,
+    client: &mut Client,
+    claim: &db::ClaimStatement,
+    instance: Instance,
+    queues: &[Sender<Job>],
+    wanted: &mut [bool],
+) -> Result<bool, postgres::Error> {
+    let fetch = shared.settings.fetch_query_que_size as usize;
+    let mut backlog = false;
+    for (i, tx) in queues.iter().enumerate() {
+        if !wanted[i] {
+            continue;
+        }
+        let capacity = tx.capacity().unwrap_or(fetch);
+        let room = capacity.saturating_sub(tx.len());
+        // While the workers still have work queued, wait until a good share of the channel is
+        // free, so claims come in batches rather than one row at a time.
+        let worth_it = (capacity.min(fetch) / 2).max(1);
+        if room == 0 || (!tx.is_empty() && room < worth_it) {
+            backlog = true;
+            continue;
+        }
+        let limit = room.min(fetch);
+        let jobs = claim.claim(client, i as i32 + 1, instance.id, limit as i32)?;
+        shared.note_claimed(jobs.iter().map(|j| j.id));
+        let got = jobs.len();
+        for job in jobs {
+            if tx.try_send(job).is_err() {
+                // Cannot happen (the claim took no more than the room, and only this thread
+                // sends); should it, the job is left to recovery rather than lost.
+                shared.release([job.id]);
+            }
+        }
+        wanted[i] = got == limit;
+        backlog |= wanted[i];
+    }
+    Ok(backlog)
+}
+
+/// Waits up to `wait` for notifications and notes what they ask for; a bounded number per
+/// round, each handled in constant time, so a flood costs its own weight and no more.
+fn listen(
+    shared: &Shared,
+    client: &mut Client,
+    wait: Duration,
+    wanted: &mut [bool],
+    woke: &mut Wakeups,
+    memory: &mut Memory,
+) -> Result<(), postgres::Error> {
+    let mut notifications = client.notifications();
+    let mut iter = notifications
+        .timeout_iter(wait)
+        .take(MAX_NOTIFICATIONS_PER_TICK);
+    while let Some(n) = iter.next()? {
+        match n.payload() {
+            "cancel" => woke.cancel = true,
+            "delayed" => woke.delayed = true,
+            crate::scheduler::NOTIFY_PAYLOAD => woke.schedule = true,
+            payload => match payload
+                .parse::<usize>()
+                .ok()
+                .and_then(|q| q.checked_sub(1))
+                .and_then(|i| wanted.get_mut(i))
+            {
+                Some(w) => *w = true,
+                // Unknown, or a queue nobody serves (the poll reports real jobs there).
+                None => memory.ignored += 1,
+            },
+        }
+    }
+    if memory.ignored > 0 && memory.last_report.elapsed() >= SUMMARY_EVERY {
+        log::warn!(
+            "database {}: ignored {} notification(s) on channel broker_jobs that name no queue 1..{} (sent by hand?)",
+            shared.db.name,
+            memory.ignored,
+            wanted.len()
+        );
+        memory.ignored = 0;
+        memory.last_report = Instant::now();
+    }
+    Ok(())
+}
+
+/// Cancels the statements of running jobs whose cancel was asked for and, when one still runs
+/// [`DEADLINE_GRACE`] after the request, ends its backend. True while requests are pending.
+fn deliver_cancels(shared: &Shared, client: &mut Client) -> Result<bool, postgres::Error> {
+    let requested = db::cancel_requested(client)?;
+    for (id, waited) in &requested {
+        for mut slot in shared.slots() {
+            let Some(pid) = slot.conn.as_ref().map(|(pid, _)| *pid) else {
+                continue;
+            };
+            let Some(job) = slot.job.as_mut().filter(|j| j.id == *id) else {
+                continue;
+            };
+            if job.ended.is_some() {
+                continue;
+            }
+            // The worker cannot move on to another job while this slot is locked, so the
+            // signal reaches this job's statement and no other.
+            if *waited >= DEADLINE_GRACE {
+                db::signal_backend(client, pid, true)?;
+                job.ended = Some(format!(
+                    "cancelled; the job ignored the cancel for {}s and the broker ended its backend",
+                    DEADLINE_GRACE.as_secs()
+                ));
+            } else if !job.cancel_sent {
+                db::signal_backend(client, pid, false)?;
+                job.cancel_sent = true;
+            }
+        }
+    }
+    Ok(!requested.is_empty())
+}
+
+/// Ends the backend of every job that outlived its timeout by [`DEADLINE_GRACE`] (its SQL
+/// caught the statement timeout); the worker records it failed and carries on.
+fn enforce_deadlines(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
+    let now = Instant::now();
+    for mut slot in shared.slots() {
+        let Some(pid) = slot.conn.as_ref().map(|(pid, _)| *pid) else {
+            continue;
+        };
+        let Some(job) = slot.job.as_mut() else {
+            continue;
+        };
+        if job.ended.is_none() && job.deadline.is_some_and(|d| now >= d) {
+            db::signal_backend(client, pid, true)?;
+            let why = format!(
+                "ran past its timeout by {}s (its SQL caught the cancel); the broker ended its backend",
+                DEADLINE_GRACE.as_secs()
+            );
+            log::warn!("database {}: job {}: {why}", shared.db.name, job.id);
+            job.ended = Some(why);
+        }
+    }
+    Ok(())
+}
+
+/// Recovers orphaned jobs, settles dependencies, applies retention and fires due schedules.
 /// Returns whether orphans remain (still locked) and how soon the next schedule is due.
+/// Maintenance never waits long on a lock a submitter holds: such a step is skipped until the
+/// next poll.
 fn poll(
     shared: &Shared,
     client: &mut Client,
     instance: Instance,
-    wakers: &[Sender<()>],
-    warned_queues: &mut HashSet<i32>,
+    queue_count: usize,
+    memory: &mut Memory,
 ) -> Result<(bool, Option<Duration>), postgres::Error> {
-    let recovered = db::recover(client, instance.id, &shared.in_flight())?;
-    if recovered > 0 {
-        log::info!(
-            "database {}: recovered {recovered} job(s) left running by a dead instance",
-            shared.db.name
-        );
+    let name = &shared.db.name;
+    let in_flight = shared.in_flight();
+    if let Some(recovered) = maintenance(shared, db::recover(client, instance.id, &in_flight))? {
+        recovered.log(name);
     }
-    for queue in db::queues_to_wake(client, wakers.len() as i32)? {
-        wake(shared, wakers, queue, warned_queues);
+    if let Some(settled) = maintenance(shared, db::settle_dependencies(client))? {
+        if settled > 0 {
+            log::info!(
+                "database {name}: settled {settled} dependent job(s) a dependency's end had missed"
+            );
+        }
     }
-    // A cancel whose notification was missed still arrives, one poll late.
-    db::deliver_cancels(client)?;
-    let settled = db::settle_dependencies(client)?;
-    if settled > 0 {
-        log::info!(
-            "database {}: settled {settled} dependent job(s) a dependency's end had missed",
-            shared.db.name
-        );
+    maintenance(shared, purge(shared, client))?;
+    let schedule_wait =
+        maintenance(shared, crate::scheduler::run(&shared.db.name, client))?.flatten();
+    for queue in db::queues_above(client, queue_count as i32)? {
+        if memory.warned_queues.len() < MAX_WARNED_QUEUES && memory.warned_queues.insert(queue) {
+            log::warn!(
+                "database {name}: jobs in queue {queue} will not run: queue_count is {queue_count}"
+            );
+        }
     }
-    purge(shared, client)?;
-    let schedule_wait = crate::scheduler::run(&shared.db.name, client)?;
-    Ok((db::orphans_left(client, instance.id)?, schedule_wait))
+    Ok((db::orphans_left(client, &in_flight)?, schedule_wait))
+}
+
+/// A maintenance step's result: a lock it would have waited for (lock timeout, deadlock,
+/// cancel) skips it until the next poll instead of stopping the listener.
+fn maintenance<T>(
+    shared: &Shared,
+    result: Result<T, postgres::Error>,
+) -> Result<Option<T>, postgres::Error> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if db::is_statement_error(&e) && db::is_transient(&e) => {
+            log::debug!(
+                "database {}: maintenance step skipped until the next poll: {}",
+                shared.db.name,
+                describe(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes finished jobs past their retention, a batch at a time, a bounded amount per poll.
@@ -287,25 +538,36 @@ fn purge(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
     Ok(())
 }
 
-/// Wakes the workers of `queue`; a full channel already holds enough wake-ups.
-fn wake(shared: &Shared, wakers: &[Sender<()>], queue: i32, warned_queues: &mut HashSet<i32>) {
-    let Some(tx) = usize::try_from(queue)
-        .ok()
-        .and_then(|q| q.checked_sub(1))
-        .and_then(|i| wakers.get(i))
-    else {
-        if warned_queues.insert(queue) {
-            log::warn!(
-                "database {}: jobs in queue {queue} will not run: queue_count is {}",
-                shared.db.name,
-                wakers.len()
-            );
-        }
+/// Once a minute, when anything happened: how many jobs completed and failed, and the rate.
+fn summary(shared: &Shared, memory: &mut Memory) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let elapsed = memory.last_summary_at.elapsed();
+    if elapsed < SUMMARY_EVERY {
         return;
-    };
-    for _ in 0..shared.settings.workers_per_queue {
-        let _ = tx.try_send(());
     }
+    let s = &shared.stats;
+    let now = (
+        s.completed.load(Relaxed),
+        s.failed.load(Relaxed),
+        s.cancelled.load(Relaxed),
+    );
+    let (before, secs) = (memory.last_summary, elapsed.as_secs_f64());
+    let (c, f, x) = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
+    if c + f + x > 0 {
+        let unlogged = s.unlogged_failures.swap(0, Relaxed);
+        log::info!(
+            "database {}: in the last {secs:.0}s: {c} job(s) completed, {f} failed, {x} cancelled ({:.1} jobs/s){}",
+            shared.db.name,
+            (c + f + x) as f64 / secs,
+            if unlogged > 0 {
+                format!("; {unlogged} failure(s) not logged one by one")
+            } else {
+                String::new()
+            }
+        );
+    }
+    memory.last_summary = now;
+    memory.last_summary_at = Instant::now();
 }
 
 /// Keeps waiting for the database on `client`, which no longer serves it. It stops listening
@@ -317,10 +579,10 @@ fn wait_on(acquirer: &mut Acquirer, mut client: Client) {
     }
 }
 
-/// Lets the workers finish: closes their wake-up channels, waits `shutdown_timeout_sec`, then
+/// Lets the workers finish: closes their channels (what is queued goes back), waits `shutdown_timeout_sec`, then
 /// cancels what still runs (transactional jobs roll back and become pending again).
-fn drain(shared: &Shared, wakers: Vec<Sender<()>>, done: Receiver<()>) {
-    drop(wakers);
+fn drain(shared: &Shared, queues: Vec<Sender<Job>>, done: Receiver<()>) {
+    drop(queues);
     let name = &shared.db.name;
     let timeout = Duration::from_secs(shared.settings.shutdown_timeout_sec);
     if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(timeout) {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::broker::Shared;
 use crate::db;
 use crate::instance::Instance;
+use crate::shared::Shared;
 
 /// How long a free database is left to processes that serve fewer databases, per database this
 /// process serves at or above its fair share. Nobody below their share: it is taken anyway.

@@ -1,9 +1,23 @@
 //! Signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::broker::StopHandle;
+/// Asks a broker to drain; cheap to clone and safe to call from a signal thread.
+#[derive(Clone, Debug, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_FORCED: i32 = 1;

@@ -316,8 +316,8 @@ fn claim_ignores_waiting_dependents() {
     let full: String = c
         .query(
             "EXPLAIN SELECT c.id FROM broker_jobs c
-              WHERE c.status = 'pending' AND c.waiting = 0 AND c.job_queue = 1 AND c.run_after <= now()
-              ORDER BY c.job_priority DESC, c.id LIMIT 1 FOR UPDATE SKIP LOCKED",
+              WHERE c.job_queue = 1 AND c.status = 'pending' AND c.waiting = 0 AND NOT c.delayed
+              ORDER BY c.job_priority DESC, c.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
             &[],
         )
         .expect("explain")

@@ -125,7 +125,7 @@ fn functions_of_another_build_are_replaced_by_install() {
     let queued = db.add_job("broker_add_job('queued', 'SELECT 1', 1, 5)");
     db.exec(
         "CREATE OR REPLACE FUNCTION broker_get(p_queue integer, p_instance bigint, p_limit integer DEFAULT 1)
-         RETURNS TABLE (id bigint, claim bigint, attempt integer, execute_str text, job_language text,
+         RETURNS TABLE (id bigint, claim bigint, attempt integer, role_oid oid, timeout_ms bigint,
                         transactional boolean)
          LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'old build'; END $$;
          UPDATE broker_schema_version SET functions_digest = 'from an older build'",
