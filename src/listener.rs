@@ -368,10 +368,13 @@ fn listen(
     memory: &mut Memory,
 ) -> Result<(), postgres::Error> {
     let mut notifications = client.notifications();
-    let mut iter = notifications
-        .timeout_iter(wait)
-        .take(MAX_NOTIFICATIONS_PER_TICK);
-    while let Some(n) = iter.next()? {
+    // Wait for the first; then take what has arrived meanwhile, without waiting again.
+    let Some(first) = notifications.timeout_iter(wait).next()? else {
+        return Ok(());
+    };
+    let mut rest = notifications.iter().take(MAX_NOTIFICATIONS_PER_TICK);
+    let mut next = Some(first);
+    while let Some(n) = next.take() {
         match n.payload() {
             "cancel" => woke.cancel = true,
             "delayed" => woke.delayed = true,
@@ -387,6 +390,7 @@ fn listen(
                 None => memory.ignored += 1,
             },
         }
+        next = rest.next()?;
     }
     if memory.ignored > 0 && memory.last_report.elapsed() >= SUMMARY_EVERY {
         log::warn!(
