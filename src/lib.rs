@@ -1,7 +1,7 @@
 //! pgsql-broker: a job broker for PostgreSQL. Jobs are rows in `broker_jobs`; the broker runs
 //! their SQL inside the database, woken by LISTEN/NOTIFY and a slow poll.
 //!
-//! Data flows one way: notification ([`listener`]) → claim and run ([`worker`]) → result
+//! Data flows one way: notification (`listener`) → claim and run (`worker`) → result
 //! (`broker_set`, through [`db`]).
 //!
 //! ```no_run
