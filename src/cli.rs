@@ -1,6 +1,6 @@
 //! The command line: `pgsql-broker [--config F] [--log-level L] <start|install|status|add>`.
 //! Global options may also follow the command, as the original broker's README types them
-//! (`pgsql-broker start --config broker.yaml`): [`hoist_global_options`] moves them ahead.
+//! (`pgsql-broker start --config broker.yaml`): [`hoist_global_options`](crate::cli::hoist_global_options) moves them ahead.
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ variables define the databases, and without those the libpq variables (PGHOST, .
 pub struct Cli {
     /// config file (.yaml/.yml or .json); default: $PGSQL_BROKER_CONFIG, else ./broker.yaml,
     /// ./broker.json, /etc/pgsql-broker/broker.yaml, else the environment
-    /// (PGSQL_BROKER_DB_<NAME>_<KEY> variables, else PGHOST, PGPORT, PGUSER, PGDATABASE)
+    /// (PGSQL_BROKER_DB_* variables, else PGHOST, PGPORT, PGUSER, PGDATABASE)
     #[argh(option, short = 'c')]
     config: Option<PathBuf>,
     /// log level: error, warn, info, debug or trace, any case (overrides config and environment)
