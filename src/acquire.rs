@@ -308,16 +308,27 @@ impl Acquirer {
     /// A try that failed for want of a working connection: counts for the backoff.
     fn unreachable(&mut self, shared: &Shared, e: Error) {
         let error = e.to_string();
+        let first_try = self.first.is_some();
         self.report(Started::Unreachable(e));
         self.client = None;
         self.failures = self.failures.saturating_add(1);
-        let retry = shared.settings.notify_retry_seconds;
-        let cap = backoff(retry, u32::MAX);
-        self.note(
-            shared,
-            State::Unreachable,
-            format!("{error}; retrying in {retry:?}, backing off to every {cap:?}"),
-        );
+        let retry = backoff(shared.settings.notify_retry_seconds, self.failures);
+        let cap = backoff(shared.settings.notify_retry_seconds, u32::MAX);
+        let message = if !first_try {
+            format!("{error}; retrying in {retry:?}, backing off to every {cap:?}")
+        } else if shared.process.databases == 1 {
+            // Starting fails with this error, and the CLI says so: no retry to announce.
+            self.state = Some(State::Unreachable);
+            log::debug!("{error}");
+            return;
+        } else {
+            // Whether the broker starts depends on the other databases: say both outcomes.
+            format!(
+                "{error}; if another configured database can be served, retrying in {retry:?} \
+                 (backing off to every {cap:?}), else the broker exits"
+            )
+        };
+        self.note(shared, State::Unreachable, message);
         log::debug!(
             "database {}: connection try {} failed: {error}",
             shared.db.name,

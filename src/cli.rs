@@ -1,4 +1,6 @@
 //! The command line: `pgsql-broker [--config F] [--log-level L] <start|install|status|add>`.
+//! Global options may also follow the command, as the original broker's README types them
+//! (`pgsql-broker start --config broker.yaml`): [`hoist_global_options`](crate::cli::hoist_global_options) moves them ahead.
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 
 use std::collections::BTreeMap;
@@ -7,19 +9,28 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 use crate::broker::Broker;
-use crate::config::{Config, ConfigError, ENV_PREFIX};
+use crate::config::{self as cfg, Config, ConfigError, DatabaseConfig};
 use crate::db::{self, describe, NewJob};
 use crate::error::Error;
 use crate::{cron, install, logging, shutdown};
+use postgres::error::SqlState;
 
 /// A job broker for PostgreSQL: jobs are rows in broker_jobs, the broker runs their SQL.
 #[derive(FromArgs, Debug)]
+#[argh(
+    help_triggers("-h", "--help", "help"),
+    note = "Global options may also follow the command: pgsql-broker start --config broker.yaml.
+Without --config the configuration is $PGSQL_BROKER_CONFIG, ./broker.yaml, ./broker.json or
+/etc/pgsql-broker/broker.yaml, the first that exists; with none, PGSQL_BROKER_DB_<NAME>_<KEY>
+variables define the databases, and without those the libpq variables (PGHOST, ...) one."
+)]
 pub struct Cli {
-    /// config file (.yaml/.yml or .json); default: $PGSQL_BROKER_CONFIG, else one database
-    /// from the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD)
+    /// config file (.yaml/.yml or .json); default: $PGSQL_BROKER_CONFIG, else ./broker.yaml,
+    /// ./broker.json, /etc/pgsql-broker/broker.yaml, else the environment
+    /// (PGSQL_BROKER_DB_* variables, else PGHOST, PGPORT, PGUSER, PGDATABASE)
     #[argh(option, short = 'c')]
     config: Option<PathBuf>,
-    /// log level: error, warn, info, debug or trace (overrides config and environment)
+    /// log level: error, warn, info, debug or trace, any case (overrides config and environment)
     #[argh(option)]
     log_level: Option<String>,
     /// log format: text or json (overrides config and environment)
@@ -44,7 +55,7 @@ enum Command {
 
 /// Run the broker until SIGTERM/SIGINT (installs the schema first if it is missing).
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "start")]
+#[argh(subcommand, name = "start", help_triggers("-h", "--help", "help"))]
 struct StartCmd {
     /// wait for databases another broker instance holds and take them over when it dies
     /// (instead of exiting); several standby processes share their databases out
@@ -55,7 +66,7 @@ struct StartCmd {
 
 /// Install or upgrade the schema, in one transaction per database.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "install")]
+#[argh(subcommand, name = "install", help_triggers("-h", "--help", "help"))]
 struct InstallCmd {
     /// only check: list what is missing or outdated, exit 1 if anything is
     #[argh(switch)]
@@ -67,7 +78,7 @@ struct InstallCmd {
 
 /// Show the active instance and job counts per queue and status.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status")]
+#[argh(subcommand, name = "status", help_triggers("-h", "--help", "help"))]
 struct StatusCmd {
     /// only this configured database (by name)
     #[argh(option)]
@@ -76,7 +87,7 @@ struct StatusCmd {
 
 /// Submit a job (as broker_add_job does) and print its id.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "add")]
+#[argh(subcommand, name = "add", help_triggers("-h", "--help", "help"))]
 struct AddCmd {
     /// the SQL to run
     #[argh(positional)]
@@ -104,8 +115,130 @@ struct AddCmd {
     database: Option<String>,
 }
 
+/// Global options that take a value; each may come before or after the command.
+const GLOBAL_VALUE_OPTIONS: [&str; 4] = ["-c", "--config", "--log-level", "--log-format"];
+/// Global switches, hoisted like the options.
+const GLOBAL_SWITCHES: [&str; 1] = ["--version"];
+
+/// For each command (path of subcommand names), its own options that take a value. The
+/// hoisting pass must know them so it never takes their values for global options
+/// (`add --name --config 'SQL'` names the job `--config`). `tests::option_table_matches_argh`
+/// checks this table against the argh definitions above.
+const COMMAND_VALUE_OPTIONS: &[(&str, &[&str])] = &[
+    ("start", &[]),
+    ("install", &["--database"]),
+    ("status", &["--database"]),
+    (
+        "add",
+        &[
+            "--name",
+            "--queue",
+            "--priority",
+            "--language",
+            "--run-as",
+            "--user-login",
+            "--database",
+        ],
+    ),
+    ("schedule", &[]),
+    ("schedule next", &["--tz", "--count", "--after"]),
+];
+
+/// Moves the global options (`-c F`, `--config F`, `--config=F`, `--log-level L`,
+/// `--log-format F`, `--version`) ahead of the command, wherever they are, so argh (which only
+/// takes them before it) parses `pgsql-broker start --config broker.yaml` too. A command's own
+/// options keep their values (even one that looks like a global option), positionals stay in
+/// order, and nothing after `--` moves. `--opt=value` becomes `--opt value` for every known
+/// option. Errors when a global option lacks its value.
+pub fn hoist_global_options(args: &[String]) -> Result<Vec<String>, String> {
+    let mut globals: Vec<String> = Vec::new();
+    let mut rest: Vec<String> = Vec::new();
+    let mut path = String::new();
+    let mut in_command = false;
+    let mut options_ended = false;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        i += 1;
+        if options_ended {
+            rest.push(arg.to_string());
+            continue;
+        }
+        if arg == "--" {
+            options_ended = true;
+            rest.push(arg.to_string());
+            continue;
+        }
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+            _ => (arg, None),
+        };
+        if GLOBAL_VALUE_OPTIONS.contains(&name) {
+            let value = match inline_value {
+                Some(v) => v.to_string(),
+                None => {
+                    let v = args
+                        .get(i)
+                        .ok_or_else(|| format!("option {name} needs a value"))?;
+                    i += 1;
+                    v.clone()
+                }
+            };
+            globals.push(name.to_string());
+            globals.push(value);
+            continue;
+        }
+        if inline_value.is_none() && GLOBAL_SWITCHES.contains(&name) {
+            globals.push(name.to_string());
+            continue;
+        }
+        let own_options = COMMAND_VALUE_OPTIONS
+            .iter()
+            .find(|(p, _)| in_command && *p == path)
+            .map_or(&[][..], |(_, options)| *options);
+        if own_options.contains(&name) {
+            rest.push(name.to_string());
+            match inline_value {
+                Some(v) => rest.push(v.to_string()),
+                None => {
+                    if let Some(v) = args.get(i) {
+                        rest.push(v.clone());
+                        i += 1;
+                    }
+                }
+            }
+            continue;
+        }
+        if !arg.starts_with('-') {
+            // The first positional is the command; a later one a subcommand if it names one.
+            let deeper = if in_command {
+                format!("{path} {arg}")
+            } else {
+                arg.to_string()
+            };
+            if !in_command || COMMAND_VALUE_OPTIONS.iter().any(|(p, _)| *p == deeper) {
+                path = deeper;
+                in_command = true;
+            }
+        }
+        rest.push(arg.to_string());
+    }
+    globals.extend(rest);
+    Ok(globals)
+}
+
+/// A usage error: printed as `pgsql-broker: ...` (never as a log line), exit code 2.
+fn usage_error(message: impl std::fmt::Display) -> i32 {
+    eprintln!("pgsql-broker: {message}\nRun pgsql-broker --help for usage.");
+    2
+}
+
 /// Runs the command line `args` (without the program name) and returns the exit code.
 pub fn main(args: &[String]) -> i32 {
+    let args = match hoist_global_options(args) {
+        Ok(args) => args,
+        Err(e) => return usage_error(e),
+    };
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cli = match Cli::from_args(&["pgsql-broker"], &strs) {
         Ok(cli) => cli,
@@ -115,13 +248,7 @@ pub fn main(args: &[String]) -> i32 {
                     println!("{}", early.output);
                     0
                 }
-                Err(()) => {
-                    eprintln!(
-                        "{}\nRun pgsql-broker --help for usage.",
-                        early.output.trim_end()
-                    );
-                    2
-                }
+                Err(()) => usage_error(early.output.trim_end()),
             };
         }
     };
@@ -130,23 +257,38 @@ pub fn main(args: &[String]) -> i32 {
         return 0;
     }
     let Some(command) = cli.command.as_ref() else {
-        eprintln!("pgsql-broker: a command is required: start, install, status, add or schedule\nRun pgsql-broker --help for usage.");
-        return 2;
+        return usage_error("a command is required: start, install, status, add or schedule");
     };
     // Checking an expression needs neither a configuration nor a database.
     if let Command::Schedule(cmd) = command {
         return schedule(cmd);
     }
-    let config = match load_config(&cli) {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let (config, source) = match load_config(&cli, &env, &cfg::search_path(&env)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgsql-broker: {e}");
             return 2;
         }
     };
+    // What the command works on, checked before anything connects or logs.
+    let target = match command {
+        Command::Install(InstallCmd { database, .. }) | Command::Status(StatusCmd { database }) => {
+            selected(&config, database.as_deref()).map(|_| ())
+        }
+        Command::Add(cmd) => add_target(&config, cmd).map(|_| ()),
+        Command::Start(_) | Command::Schedule(_) => Ok(()),
+    };
+    if let Err(e) = target {
+        return usage_error(e);
+    }
     if let Err(e) = logging::init(&config.logging, config.broker.enable_debug) {
         eprintln!("pgsql-broker: {e}");
         return 1;
+    }
+    match command {
+        Command::Start(_) | Command::Install(_) => log::info!("configuration: {source}"),
+        _ => log::debug!("configuration: {source}"),
     }
     for warning in &config.warnings {
         log::warn!("{warning}");
@@ -171,14 +313,13 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// File, then environment, then flags.
-fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    let path = cli
-        .config
-        .clone()
-        .or_else(|| env.get(&format!("{ENV_PREFIX}CONFIG")).map(PathBuf::from));
-    let mut config = Config::load(path.as_deref(), &env)?;
+/// Discovers the configuration (file, then environment), then applies the flags.
+fn load_config(
+    cli: &Cli,
+    env: &BTreeMap<String, String>,
+    search: &[(PathBuf, cfg::FileOrigin)],
+) -> Result<(Config, cfg::ConfigSource), ConfigError> {
+    let (mut config, source) = Config::discover(cli.config.as_deref(), env, search)?;
     for (flag, key, value) in [
         ("--log-level", "level", &cli.log_level),
         ("--log-format", "format", &cli.log_format),
@@ -193,7 +334,7 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
                 })?;
         }
     }
-    Ok(config)
+    Ok((config, source))
 }
 
 fn start(config: Config) -> Result<i32, Error> {
@@ -205,26 +346,70 @@ fn start(config: Config) -> Result<i32, Error> {
     let stop = crate::broker::StopHandle::default();
     shutdown::install(stop.clone())
         .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
-    let broker = Broker::start_with(config, stop)?;
+    let several = config.databases.len() > 1;
+    let broker = Broker::start_with(config, stop).map_err(|e| match e {
+        // Say what happens: no retrying in the background when nothing could be reached.
+        Error::Connect { .. } => Error::Runtime(format!(
+            "{e}; exiting without retrying, as {} (a wrong host, port, user or password is \
+             the likely cause; a service manager restarts the broker)",
+            if several {
+                "no configured database could be reached"
+            } else {
+                "the configured database could not be reached"
+            }
+        )),
+        e => e,
+    })?;
     broker.wait()?;
     log::info!("stopped");
     Ok(0)
 }
 
+/// The configured database called `name`, for `--database`; the error lists the names there are.
+fn find_database<'a>(config: &'a Config, name: &str) -> Result<&'a DatabaseConfig, String> {
+    config
+        .databases
+        .iter()
+        .find(|db| db.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.databases.iter().map(|db| db.name.as_str()).collect();
+            format!(
+                "--database {name}: no such database in the configuration (configured: {})",
+                names.join(", ")
+            )
+        })
+}
+
 /// The configured databases `--database` selects (all when it is absent).
-fn selected<'a>(
-    config: &'a Config,
-    name: Option<&str>,
-) -> Result<Vec<&'a crate::config::DatabaseConfig>, Error> {
+fn selected<'a>(config: &'a Config, name: Option<&str>) -> Result<Vec<&'a DatabaseConfig>, String> {
     Ok(match name {
-        Some(name) => vec![config.database(name)?],
+        Some(name) => vec![find_database(config, name)?],
         None => config.databases.iter().collect(),
     })
 }
 
+/// The database `add` submits to, after checking that a worker there serves `--queue`.
+fn add_target<'a>(config: &'a Config, cmd: &AddCmd) -> Result<&'a DatabaseConfig, String> {
+    let db = match &cmd.database {
+        Some(name) => find_database(config, name)?,
+        None => config
+            .databases
+            .first()
+            .ok_or("the configuration names no database")?,
+    };
+    if cmd.queue < 1 || i64::from(cmd.queue) > i64::from(db.queue_count) {
+        return Err(format!(
+            "--queue {}: database {} has queues 1 to {} (its queue_count); a job in another \
+             queue would never run",
+            cmd.queue, db.name, db.queue_count
+        ));
+    }
+    Ok(db)
+}
+
 fn run_install(config: &Config, cmd: &InstallCmd) -> Result<i32, Error> {
     let mut code = 0;
-    for db in selected(config, cmd.database.as_deref())? {
+    for db in selected(config, cmd.database.as_deref()).map_err(Error::Runtime)? {
         let mut client = db::connect(db)?;
         if cmd.verify_only {
             let problems = install::verify(&mut client, db)?;
@@ -260,26 +445,79 @@ fn run_install(config: &Config, cmd: &InstallCmd) -> Result<i32, Error> {
     Ok(code)
 }
 
+/// Prints each database's instance and job counts. A database without the schema is reported
+/// as such (exit 1), and the other databases are still shown.
 fn status(config: &Config, database: Option<&str>) -> Result<i32, Error> {
-    for db in selected(config, database)? {
+    let mut code = 0;
+    for db in selected(config, database).map_err(Error::Runtime)? {
         let mut client = db::connect(db)?;
-        let lines = db::status_report(&mut client).map_err(|source| Error::Sql {
+        let sql_error = |source| Error::Sql {
             database: db.name.clone(),
             action: "reading status",
             source,
-        })?;
-        for line in lines {
-            println!("{}: {line}", db.name);
+        };
+        if install::installed_version(&mut client).map_err(sql_error)? == 0 {
+            println!(
+                "{}: not installed — run `pgsql-broker install`{}",
+                db.name,
+                if config.databases.len() > 1 {
+                    format!(" (or `pgsql-broker install --database {}`)", db.name)
+                } else {
+                    String::new()
+                }
+            );
+            code = 1;
+            continue;
+        }
+        let queue_count = i32::try_from(db.queue_count).unwrap_or(i32::MAX);
+        match db::status_report(&mut client, queue_count) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{}: {line}", db.name);
+                }
+            }
+            // Tables or functions missing: an incomplete install, not a broker failure.
+            Err(e)
+                if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE
+                || *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_FUNCTION) =>
+            {
+                println!(
+                    "{}: schema incomplete ({}) — run `pgsql-broker install`; \
+                     `pgsql-broker install --verify-only` lists what is missing",
+                    db.name,
+                    describe(&e)
+                );
+                code = 1;
+            }
+            Err(e) => return Err(sql_error(e)),
         }
     }
-    Ok(0)
+    Ok(code)
+}
+
+/// A refusal from the database as the submitter needs it: SQLSTATE, message and hint, without
+/// the "Failing row contains (...)" detail, which repeats the whole job, SQL and all.
+fn refusal(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
+            if let Some(detail) = db
+                .detail()
+                .filter(|d| !d.starts_with("Failing row contains"))
+            {
+                s.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(&format!(" (hint: {hint})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
-    let db = match &cmd.database {
-        Some(name) => config.database(name)?,
-        None => &config.databases[0],
-    };
+    let db = add_target(config, cmd).map_err(Error::Runtime)?;
     let mut client = db::connect(db)?;
     let job = NewJob {
         name: cmd.name.clone(),
@@ -296,7 +534,7 @@ fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
             Ok(0)
         }
         Err(e) if e.as_db_error().is_some() => {
-            eprintln!("pgsql-broker: job refused: {}", describe(&e));
+            eprintln!("pgsql-broker: job refused: {}", refusal(&e));
             Ok(1)
         }
         Err(source) => Err(Error::Sql {
@@ -309,7 +547,7 @@ fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
 
 /// Work with schedule expressions (no database needed).
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "schedule")]
+#[argh(subcommand, name = "schedule", help_triggers("-h", "--help", "help"))]
 struct ScheduleCmd {
     #[argh(subcommand)]
     command: ScheduleCommand,
@@ -323,7 +561,7 @@ enum ScheduleCommand {
 
 /// Print the next fire times of a cron expression, one RFC 3339 time per line.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "next")]
+#[argh(subcommand, name = "next", help_triggers("-h", "--help", "help"))]
 struct ScheduleNextCmd {
     /// the expression: 5 fields (minute hour day-of-month month day-of-week), 6 with a
     /// leading second, @hourly/@daily/@weekly/@monthly/@yearly, or @every 90s
@@ -377,4 +615,250 @@ fn schedule_next(cmd: &ScheduleNextCmd) -> Result<Vec<String>, String> {
         .upcoming(after, tz, cmd.count)
         .map_err(|e| e.to_string())?;
     Ok(times.iter().map(cron::format_time).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn hoist(args: &[&str]) -> Vec<String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        hoist_global_options(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The original Go broker's README command lines, and global options in any place.
+    #[test]
+    fn global_options_move_ahead_of_the_command() {
+        assert_eq!(
+            hoist(&["install", "--config", "broker.yaml"]),
+            ["--config", "broker.yaml", "install"]
+        );
+        assert_eq!(
+            hoist(&["install", "--verify-only", "--config", "broker.yaml"]),
+            ["--config", "broker.yaml", "install", "--verify-only"]
+        );
+        assert_eq!(
+            hoist(&["start", "--log-level", "debug"]),
+            ["--log-level", "debug", "start"]
+        );
+        assert_eq!(
+            hoist(&[
+                "status",
+                "--log-format=json",
+                "-c",
+                "b.yaml",
+                "--database",
+                "a"
+            ]),
+            [
+                "--log-format",
+                "json",
+                "-c",
+                "b.yaml",
+                "status",
+                "--database",
+                "a"
+            ]
+        );
+        assert_eq!(
+            hoist(&["--config=b.yaml", "start", "--standby", "--version"]),
+            ["--config", "b.yaml", "--version", "start", "--standby"]
+        );
+        // Already in front: unchanged.
+        let front = ["-c", "b.yaml", "--log-level", "info", "start"];
+        assert_eq!(hoist(&front), front);
+        // Help stays where it is, so it is the help of the command it follows.
+        assert_eq!(hoist(&["start", "-h"]), ["start", "-h"]);
+    }
+
+    /// A command's own options keep their values, even ones that look like global options, and
+    /// positionals keep their order.
+    #[test]
+    fn hoisting_never_eats_a_commands_options_or_positionals() {
+        assert_eq!(
+            hoist(&["add", "--name", "x", "SELECT 1", "--config", "b.yaml"]),
+            ["--config", "b.yaml", "add", "--name", "x", "SELECT 1"]
+        );
+        assert_eq!(
+            hoist(&["add", "--name", "--config", "SELECT 1"]),
+            ["add", "--name", "--config", "SELECT 1"]
+        );
+        assert_eq!(
+            hoist(&[
+                "add",
+                "--name=-c",
+                "--priority",
+                "-5",
+                "SELECT 1",
+                "-c",
+                "b.yaml"
+            ]),
+            [
+                "-c",
+                "b.yaml",
+                "add",
+                "--name",
+                "-c",
+                "--priority",
+                "-5",
+                "SELECT 1"
+            ]
+        );
+        // After `--` everything is positional, even `--config`.
+        assert_eq!(
+            hoist(&["add", "--", "--config", "-c"]),
+            ["add", "--", "--config", "-c"]
+        );
+        // A positional that names a command is still a positional of `add`.
+        assert_eq!(
+            hoist(&["add", "start", "--log-level", "debug"]),
+            ["--log-level", "debug", "add", "start"]
+        );
+        assert_eq!(
+            hoist(&[
+                "schedule",
+                "next",
+                "@daily",
+                "--tz",
+                "--log-level",
+                "--count",
+                "3",
+                "-c",
+                "f"
+            ]),
+            [
+                "-c",
+                "f",
+                "schedule",
+                "next",
+                "@daily",
+                "--tz",
+                "--log-level",
+                "--count",
+                "3"
+            ]
+        );
+        // Unknown options stay for argh to reject, in place.
+        assert_eq!(
+            hoist(&["start", "--bogus", "--config", "b.yaml"]),
+            ["--config", "b.yaml", "start", "--bogus"]
+        );
+    }
+
+    #[test]
+    fn a_global_option_without_value_is_a_usage_error() {
+        for args in [
+            &["start", "--config"][..],
+            &["--log-level"],
+            &["status", "-c"],
+        ] {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let e = hoist_global_options(&args).unwrap_err();
+            assert!(e.contains("needs a value"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hoisted_command_lines_parse() {
+        let parse = |args: &[&str]| {
+            let args = hoist(args);
+            let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+            Cli::from_args(&["pgsql-broker"], &strs).map_err(|e| e.output)
+        };
+        let cli = parse(&["install", "--verify-only", "--config", "broker.yaml"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some(Path::new("broker.yaml")));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Install(InstallCmd {
+                verify_only: true,
+                ..
+            }))
+        ));
+        let cli = parse(&["start", "--log-level", "DEBUG", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_level.as_deref(), Some("DEBUG"));
+        assert_eq!(cli.log_format.as_deref(), Some("json"));
+        let cli = parse(&["add", "--name", "--config", "SELECT 1", "-c", "x.yaml"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some(Path::new("x.yaml")));
+        let Some(Command::Add(add)) = cli.command else {
+            panic!("not add")
+        };
+        assert_eq!(
+            (add.name.as_str(), add.sql.as_str()),
+            ("--config", "SELECT 1")
+        );
+        // -h is --help, for the program and for each command.
+        for args in [
+            &["-h"][..],
+            &["start", "-h"],
+            &["add", "-h"],
+            &["schedule", "next", "-h"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.starts_with("Usage: pgsql-broker"), "{args:?}: {e}");
+        }
+    }
+
+    /// Every command's value-taking options, read from argh's own usage line, are the ones
+    /// `COMMAND_VALUE_OPTIONS` lists, and every listed command exists: the table cannot drift
+    /// from the structs.
+    #[test]
+    fn option_table_matches_argh() {
+        for (path, listed) in COMMAND_VALUE_OPTIONS {
+            let mut args: Vec<&str> = path.split(' ').collect();
+            args.push("--help");
+            let help = match Cli::from_args(&["pgsql-broker"], &args) {
+                Err(early) if early.status.is_ok() => early.output,
+                _ => panic!("{path}: no help; is it a command?"),
+            };
+            let usage = help.lines().next().unwrap_or_default();
+            assert!(
+                usage.starts_with(&format!("Usage: pgsql-broker {path}")),
+                "{usage}"
+            );
+            let mut from_argh: Vec<&str> = usage
+                .split('[')
+                .filter_map(|part| {
+                    let (option, rest) = part.split_once(' ')?;
+                    (option.starts_with("--") && !option.ends_with(']') && rest.starts_with('<'))
+                        .then_some(option)
+                })
+                .collect();
+            let mut listed = listed.to_vec();
+            from_argh.sort_unstable();
+            listed.sort_unstable();
+            assert_eq!(from_argh, listed, "value options of `{path}`");
+        }
+        let top = match Cli::from_args(&["pgsql-broker"], &["--help"]) {
+            Err(early) => early.output,
+            Ok(_) => panic!("no help"),
+        };
+        // Every command argh knows, at every level, is in the table.
+        let mut paths = vec![String::new()];
+        while let Some(path) = paths.pop() {
+            let mut args: Vec<&str> = path.split_whitespace().collect();
+            args.push("--help");
+            let Err(early) = Cli::from_args(&["pgsql-broker"], &args) else {
+                panic!("{path}: no help")
+            };
+            let commands = early.output.split("Commands:\n").nth(1).unwrap_or("");
+            for line in commands.lines() {
+                let Some(name) = line.strip_prefix("  ").and_then(|l| l.split(' ').next()) else {
+                    break;
+                };
+                if name.is_empty() {
+                    continue; // a wrapped description line
+                }
+                let sub = format!("{path} {name}").trim().to_string();
+                assert!(
+                    COMMAND_VALUE_OPTIONS.iter().any(|(p, _)| *p == sub),
+                    "command `{sub}` is missing from COMMAND_VALUE_OPTIONS"
+                );
+                paths.push(sub);
+            }
+        }
+        for option in GLOBAL_VALUE_OPTIONS.iter().chain(&GLOBAL_SWITCHES) {
+            assert!(top.contains(option), "{option} missing from:\n{top}");
+        }
+    }
 }

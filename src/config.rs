@@ -139,8 +139,8 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// `logging.level`; written in any case (`debug`, `DEBUG`), `warning` for `warn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogLevel {
     Error,
     Warn,
@@ -150,12 +150,62 @@ pub enum LogLevel {
     Trace,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// `logging.format`; written in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogLevel, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "unknown log level {s:?}: expected error, warn, info, debug or trace"
+                ))
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(format!("unknown log format {s:?}: expected text or json")),
+        })
+    }
+}
+
+/// Deserializes a string through `FromStr`, so the file, the environment and the flags accept
+/// the same spellings.
+fn de_from_str<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String>>(
+    d: D,
+) -> Result<T, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogLevel, D::Error> {
+        de_from_str(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+        de_from_str(d)
+    }
 }
 
 /// libpq's `sslmode`; what each mode checks is described in [`crate::tls`].
@@ -431,7 +481,12 @@ impl Config {
             message,
         })?;
         config.fill_names();
-        if config.databases.iter().any(|db| db.password.is_some()) {
+        // An empty password is no password (as in libpq): nothing to hide.
+        if config
+            .databases
+            .iter()
+            .any(|db| db.password.as_ref().is_some_and(|p| !p.0.is_empty()))
+        {
             if let Some(mode) = readable_by_others(path) {
                 config.warnings.push(format!(
                     "config file {} holds a password and other users can read it (mode {mode:04o}): \
@@ -444,20 +499,87 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads what the process runs with: the file (or the libpq environment when there is
-    /// none), then `PGSQL_BROKER_*` variables from `env`, then validation.
+    /// Loads what the process runs with: the file at `path`, or without one the databases the
+    /// `PGSQL_BROKER_DB_<NAME>_<KEY>` variables define, or without those one database from the
+    /// libpq environment; then the `PGSQL_BROKER_*` variables from `env`, then validation.
+    /// [`Config::discover`] also finds the file.
     pub fn load(
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
+        Ok(Config::load_reporting(path, env)?.0)
+    }
+
+    /// [`Config::load`], also returning the names of the databases the environment defined.
+    fn load_reporting(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config = match path {
             Some(p) => Config::from_file(p)?,
+            None if env_defines_databases(env) => Config::new(Vec::new()),
             None => Config::new(vec![DatabaseConfig::from_libpq_env(env)?]),
         };
+        let before = config.databases.len();
         config.apply_env(env)?;
+        let from_env = config.databases[before..]
+            .iter()
+            .map(|db| db.name.clone())
+            .collect();
         config.validate()?;
         config.check_files(env)?;
-        Ok(config)
+        Ok((config, from_env))
+    }
+
+    /// Finds the configuration where users expect it and loads it ([`Config::load`]). The first
+    /// found wins: `explicit` (`--config`), `$PGSQL_BROKER_CONFIG`, the first of `search` that
+    /// exists ([`search_path`]: `./broker.yaml`, `./broker.json`,
+    /// `/etc/pgsql-broker/broker.yaml`); with none, the environment alone. A file named by
+    /// `explicit` or the variable must exist. Returns what was used, for the start-up log.
+    pub fn discover(
+        explicit: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        search: &[(PathBuf, FileOrigin)],
+    ) -> Result<(Config, ConfigSource), ConfigError> {
+        let named = match explicit {
+            Some(p) => Some((p.to_path_buf(), FileOrigin::Flag)),
+            None => env
+                .get(&format!("{ENV_PREFIX}CONFIG"))
+                .filter(|p| !p.is_empty())
+                .map(|p| (PathBuf::from(p), FileOrigin::EnvVar)),
+        };
+        let mut skipped = Vec::new();
+        let file = match named {
+            Some(named) => Some(named),
+            None => {
+                let mut found = search.iter().filter(|(p, _)| std::fs::metadata(p).is_ok());
+                let first = found.next().cloned();
+                // Two files side by side (broker.yaml and broker.json) are worth a word; the
+                // system-wide file behind a local one is the point of the order.
+                if let Some((_, origin)) = &first {
+                    skipped.extend(found.filter(|(_, o)| o == origin).map(|(p, _)| p.clone()));
+                }
+                first
+            }
+        };
+        let (mut config, env_databases) =
+            Config::load_reporting(file.as_ref().map(|(p, _)| p.as_path()), env)?;
+        if let Some((used, _)) = &file {
+            for other in skipped {
+                config.warnings.push(format!(
+                    "config file {} is not read: {} was found first",
+                    other.display(),
+                    used.display()
+                ));
+            }
+        }
+        Ok((
+            config,
+            ConfigSource {
+                file,
+                env_databases,
+            },
+        ))
     }
 
     /// Reads what each database will connect with (certificates, key, password file, pgpass),
@@ -492,13 +614,20 @@ impl Config {
 
     /// Applies `PGSQL_BROKER_<KEY>`, `PGSQL_BROKER_LOG_<KEY>` and `PGSQL_BROKER_DB_<NAME>_<KEY>`.
     /// A variable with the prefix that matches no key is an error, so typos do not pass silently.
+    ///
+    /// `<NAME>` is a database's name as [`env_name`] writes it. Variables whose `<NAME>` is no
+    /// configured database define a new one, named `<NAME>` in lower case, if one of them is
+    /// `PGSQL_BROKER_DB_<NAME>_DATABASE`; without it they are an error. New databases come after
+    /// the configured ones, in the order of their names.
     pub fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        // (variable, NAME, KEY, value) of each database variable.
+        let mut db_vars: Vec<(&String, String, &'static str, &String)> = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if rest == "CONFIG" {
-                continue; // the config file path, read by the CLI
+            if rest == "CONFIG" || rest == "SYSTEM_CONFIG" {
+                continue; // where the config file is, read by `Config::discover`'s caller
             }
             let err = |message: String| ConfigError::Env {
                 var: var.clone(),
@@ -509,18 +638,58 @@ impl Config {
                     .set(&key.to_ascii_lowercase(), value)
                     .map_err(err)?;
             } else if let Some(rest) = rest.strip_prefix("DB_") {
-                let db = self
-                    .databases
-                    .iter_mut()
-                    .find(|db| rest.starts_with(&format!("{}_", env_name(&db.name))))
-                    .ok_or_else(|| err("names no configured database".into()))?;
-                let key = rest[env_name(&db.name).len() + 1..].to_ascii_lowercase();
-                db.set(&key, value).map_err(err)?;
+                let (name, key) = split_db_var(rest).ok_or_else(|| {
+                    err(format!(
+                        "expected {ENV_PREFIX}DB_<NAME>_<KEY> with KEY one of {}",
+                        DB_ENV_KEYS.join(", ")
+                    ))
+                })?;
+                db_vars.push((var, name, key, value));
             } else {
                 self.broker
                     .set(&rest.to_ascii_lowercase(), value)
                     .map_err(err)?;
             }
+        }
+        let configured: Vec<String> = self.databases.iter().map(|db| db.name.clone()).collect();
+        for (var, name, _, _) in &db_vars {
+            if self.databases.iter().any(|db| env_name(&db.name) == *name) {
+                continue;
+            }
+            if db_vars
+                .iter()
+                .any(|(_, n, k, _)| n == name && *k == "DATABASE")
+            {
+                let mut db = DatabaseConfig::new("");
+                db.name = name.to_ascii_lowercase();
+                self.databases.push(db);
+                continue;
+            }
+            let configured = if configured.is_empty() {
+                "none".to_string()
+            } else {
+                configured.join(", ")
+            };
+            return Err(ConfigError::Env {
+                var: (*var).clone(),
+                message: format!(
+                    "names no configured database (configured: {configured}); to define a \
+                     database {} by environment variables, set {ENV_PREFIX}DB_{name}_DATABASE",
+                    name.to_ascii_lowercase()
+                ),
+            });
+        }
+        for (var, name, key, value) in db_vars {
+            let err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let db = self
+                .databases
+                .iter_mut()
+                .find(|db| env_name(&db.name) == name)
+                .ok_or_else(|| err("names no configured database".into()))?;
+            db.set(&key.to_ascii_lowercase(), value).map_err(err)?;
         }
         Ok(())
     }
@@ -663,8 +832,8 @@ impl LoggingConfig {
     /// Sets `level` or `format` from text, as the environment and flags give them.
     pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         match key {
-            "level" => self.level = parse_scalar(v)?,
-            "format" => self.format = parse_scalar(v)?,
+            "level" => self.level = v.parse()?,
+            "format" => self.format = v.parse()?,
             _ => return Err(format!("unknown logging key {key:?}")),
         }
         Ok(())
@@ -917,6 +1086,124 @@ pub fn env_name(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The keys of `PGSQL_BROKER_DB_<NAME>_<KEY>`: every database key but `name`, upper-cased.
+pub const DB_ENV_KEYS: [&str; 15] = [
+    "HOST",
+    "PORT",
+    "DATABASE",
+    "USER",
+    "PASSWORD",
+    "PASSWORD_FILE",
+    "SSLMODE",
+    "SSLROOTCERT",
+    "SSLCERT",
+    "SSLKEY",
+    "MAX_OPEN_CONNS",
+    "MAX_IDLE_CONNS",
+    "CONN_MAX_LIFETIME",
+    "CONN_MAX_IDLE_TIME",
+    "QUEUE_COUNT",
+];
+
+/// Splits the `<NAME>_<KEY>` of a database variable (upper-cased) at the longest key it ends
+/// with, so names may hold underscores: `MAIN_DB_PASSWORD_FILE` is `MAIN_DB`, `PASSWORD_FILE`.
+fn split_db_var(rest: &str) -> Option<(String, &'static str)> {
+    let rest = rest.to_ascii_uppercase();
+    DB_ENV_KEYS
+        .iter()
+        .filter_map(|key| {
+            let name = rest.strip_suffix(key)?.strip_suffix('_')?;
+            (!name.is_empty()).then(|| (name.to_string(), *key))
+        })
+        .max_by_key(|(_, key)| key.len())
+}
+
+/// True when `env` defines a database by itself (`PGSQL_BROKER_DB_<NAME>_DATABASE`).
+fn env_defines_databases(env: &BTreeMap<String, String>) -> bool {
+    env.keys().any(|var| {
+        var.strip_prefix(ENV_PREFIX)
+            .and_then(|rest| rest.strip_prefix("DB_"))
+            .and_then(split_db_var)
+            .is_some_and(|(_, key)| key == "DATABASE")
+    })
+}
+
+/// The system-wide config file, looked for last (see [`search_path`]).
+pub const SYSTEM_CONFIG: &str = "/etc/pgsql-broker/broker.yaml";
+
+/// What named or found the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// `--config`.
+    Flag,
+    /// `$PGSQL_BROKER_CONFIG`.
+    EnvVar,
+    /// Found in the working directory.
+    WorkingDir,
+    /// The system-wide file.
+    System,
+}
+
+/// Where [`Config::discover`] looks when neither `--config` nor `$PGSQL_BROKER_CONFIG` names a
+/// file: `./broker.yaml`, `./broker.json`, then `$PGSQL_BROKER_SYSTEM_CONFIG` if set (empty:
+/// none), else [`SYSTEM_CONFIG`].
+pub fn search_path(env: &BTreeMap<String, String>) -> Vec<(PathBuf, FileOrigin)> {
+    let mut paths = vec![
+        (PathBuf::from("./broker.yaml"), FileOrigin::WorkingDir),
+        (PathBuf::from("./broker.json"), FileOrigin::WorkingDir),
+    ];
+    let system = env
+        .get(&format!("{ENV_PREFIX}SYSTEM_CONFIG"))
+        .map(String::as_str)
+        .unwrap_or(SYSTEM_CONFIG);
+    if !system.is_empty() {
+        paths.push((PathBuf::from(system), FileOrigin::System));
+    }
+    paths
+}
+
+/// Where the configuration came from, as [`Config::discover`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// The config file and what named or found it; None without a file.
+    pub file: Option<(PathBuf, FileOrigin)>,
+    /// Databases `PGSQL_BROKER_DB_<NAME>_<KEY>` variables defined (beyond the file's).
+    pub env_databases: Vec<String>,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_dbs = self.env_databases.join(", ");
+        match &self.file {
+            Some((path, origin)) => {
+                let how = match origin {
+                    FileOrigin::Flag => "named by --config",
+                    FileOrigin::EnvVar => "named by $PGSQL_BROKER_CONFIG",
+                    FileOrigin::WorkingDir => "found in the working directory",
+                    FileOrigin::System => "the system-wide file",
+                };
+                write!(f, "config file {} ({how})", path.display())?;
+                if !env_dbs.is_empty() {
+                    write!(
+                        f,
+                        ", plus database(s) {env_dbs} from {ENV_PREFIX}DB_* variables"
+                    )?;
+                }
+                Ok(())
+            }
+            None if !env_dbs.is_empty() => write!(
+                f,
+                "no config file; database(s) {env_dbs} from {ENV_PREFIX}DB_* variables"
+            ),
+            None => write!(
+                f,
+                "no config file and no {ENV_PREFIX}DB_* variables; one database from the libpq \
+                 environment (PGHOST, PGPORT, PGUSER, PGDATABASE)"
+            ),
+        }
+    }
 }
 
 /// Parses one value the way the config file would: `"5"` as a number, `"json"` as a format.
@@ -1350,6 +1637,300 @@ host\\:with\\:colons:6000:*:*:colon-host
                 Err(e) => assert!(!e.to_string().contains("Zq9-sekrit"), "{text:?}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn log_levels_and_formats_are_case_insensitive_everywhere() {
+        let path = write(
+            "levels.yaml",
+            "databases: [{database: app}]\nlogging:\n  level: DEBUG\n  format: Json\n",
+        );
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(
+            (c.logging.level, c.logging.format),
+            (LogLevel::Debug, LogFormat::Json)
+        );
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("PGSQL_BROKER_LOG_LEVEL", "Trace"),
+                ("PGSQL_BROKER_LOG_FORMAT", "TEXT"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.logging.level, c.logging.format),
+            (LogLevel::Trace, LogFormat::Text)
+        );
+        let mut logging = LoggingConfig::default();
+        for (text, level) in [
+            ("ERROR", LogLevel::Error),
+            ("Warn", LogLevel::Warn),
+            ("warning", LogLevel::Warn),
+            ("info", LogLevel::Info),
+        ] {
+            logging.set("level", text).unwrap();
+            assert_eq!(logging.level, level, "{text}");
+        }
+        let e = logging.set("level", "loud").unwrap_err();
+        assert!(e.contains("loud") && e.contains("debug"), "{e}");
+        let e = Config::load(Some(&path), &env(&[("PGSQL_BROKER_LOG_LEVEL", "LOUD")])).unwrap_err();
+        assert!(e.to_string().contains("PGSQL_BROKER_LOG_LEVEL"), "{e}");
+    }
+
+    #[test]
+    fn empty_password_in_open_file_does_not_warn() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = write(
+            "empty-pw.yaml",
+            "databases:\n  - database: app\n    password: \"\"\n",
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn every_database_env_key_is_a_database_key() {
+        let mut db = DatabaseConfig::new("app");
+        for key in DB_ENV_KEYS {
+            if let Err(e) = db.set(&key.to_ascii_lowercase(), "1") {
+                assert!(!e.contains("unknown database key"), "{key}: {e}");
+            }
+        }
+        assert_eq!(
+            split_db_var("MAIN_DB_PASSWORD_FILE"),
+            Some(("MAIN_DB".into(), "PASSWORD_FILE"))
+        );
+        assert_eq!(
+            split_db_var("app_user_password"),
+            Some(("APP_USER".into(), "PASSWORD"))
+        );
+        assert_eq!(split_db_var("_HOST"), None);
+        assert_eq!(split_db_var("HOST"), None);
+        assert_eq!(split_db_var("DB1_QUEUE_CUONT"), None);
+    }
+
+    #[test]
+    fn environment_alone_defines_databases() {
+        let vars = env(&[
+            ("PGSQL_BROKER_DB_DB1_DATABASE", "first"),
+            ("PGSQL_BROKER_DB_DB1_HOST", "h1"),
+            ("PGSQL_BROKER_DB_DB1_QUEUE_COUNT", "2"),
+            ("PGSQL_BROKER_DB_REPORTS_DB_DATABASE", "second"),
+            ("PGSQL_BROKER_DB_REPORTS_DB_PORT", "6000"),
+            (
+                "PGSQL_BROKER_DB_REPORTS_DB_PASSWORD_FILE",
+                "/nonexistent/pw",
+            ),
+            // Not read: the variables define the databases.
+            ("PGHOST", "libpq-host"),
+            ("PGDATABASE", "libpq-db"),
+        ]);
+        let mut config = Config::new(Vec::new());
+        config.apply_env(&vars).unwrap();
+        let dbs = &config.databases;
+        assert_eq!(dbs.len(), 2, "{dbs:?}");
+        assert_eq!(
+            (
+                dbs[0].name.as_str(),
+                dbs[0].database.as_str(),
+                dbs[0].host.as_str()
+            ),
+            ("db1", "first", "h1")
+        );
+        assert_eq!(dbs[0].queue_count, 2);
+        assert_eq!(
+            (dbs[1].name.as_str(), dbs[1].database.as_str(), dbs[1].port),
+            ("reports_db", "second", 6000)
+        );
+        assert_eq!(dbs[1].host, "localhost", "the file's defaults, not PGHOST");
+        // Config::load reads them with no file (and checks the password file).
+        let e = Config::load(None, &vars).unwrap_err().to_string();
+        assert!(e.contains("databases[1].password_file"), "{e}");
+        let mut vars = vars;
+        vars.remove("PGSQL_BROKER_DB_REPORTS_DB_PASSWORD_FILE");
+        let c = Config::load(None, &vars).unwrap();
+        let names: Vec<&str> = c.databases.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["db1", "reports_db"]);
+
+        // A name that is no database and defines none is an error naming the variable.
+        let e = Config::load(
+            None,
+            &env(&[
+                ("PGSQL_BROKER_DB_DB1_DATABASE", "first"),
+                ("PGSQL_BROKER_DB_DB2_HOST", "h2"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("PGSQL_BROKER_DB_DB2_HOST") && e.contains("PGSQL_BROKER_DB_DB2_DATABASE"),
+            "{e}"
+        );
+        let e = Config::load(None, &env(&[("PGSQL_BROKER_DB_DB1_QUEUE_CUONT", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PGSQL_BROKER_DB_DB1_QUEUE_CUONT"), "{e}");
+    }
+
+    #[test]
+    fn without_database_variables_the_libpq_database_takes_overrides() {
+        let vars = env(&[
+            ("PGDATABASE", "app"),
+            ("PGUSER", "u"),
+            ("PGSQL_BROKER_DB_APP_QUEUE_COUNT", "9"),
+        ]);
+        let c = Config::load(None, &vars).unwrap();
+        assert_eq!(c.databases.len(), 1);
+        assert_eq!(
+            (c.databases[0].name.as_str(), c.databases[0].queue_count),
+            ("app", 9)
+        );
+    }
+
+    #[test]
+    fn environment_adds_databases_to_a_file() {
+        let path = write(
+            "plus-env.yaml",
+            "databases:\n  - name: main-db\n    database: app\n",
+        );
+        let (c, source) = Config::discover(
+            Some(&path),
+            &env(&[
+                ("PGSQL_BROKER_DB_MAIN_DB_QUEUE_COUNT", "3"),
+                ("PGSQL_BROKER_DB_EXTRA_DATABASE", "extra"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let names: Vec<&str> = c.databases.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["main-db", "extra"]);
+        assert_eq!(c.databases[0].queue_count, 3);
+        assert_eq!(source.env_databases, ["extra"]);
+        let line = source.to_string();
+        assert!(
+            line.contains("plus-env.yaml") && line.contains("--config"),
+            "{line}"
+        );
+        assert!(line.contains("extra"), "{line}");
+    }
+
+    /// `--config`, then `$PGSQL_BROKER_CONFIG`, then the search path in order, then the
+    /// environment; the search path is injected, so no file on this machine matters.
+    #[test]
+    fn discovery_order_first_found_wins() {
+        let dir =
+            std::env::temp_dir().join(format!("pgsql-broker-discover-{}", std::process::id()));
+        let cwd = dir.join("cwd");
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        let file = |path: &Path, db: &str| {
+            std::fs::write(path, format!("databases: [{{database: {db}}}]\n")).unwrap();
+            path.to_path_buf()
+        };
+        let flag = file(&dir.join("flag.yaml"), "from_flag");
+        let var = file(&dir.join("var.yaml"), "from_var");
+        let yaml = cwd.join("broker.yaml");
+        let json = cwd.join("broker.json");
+        let system = etc.join("broker.yaml");
+        let search = [
+            (yaml.clone(), FileOrigin::WorkingDir),
+            (json.clone(), FileOrigin::WorkingDir),
+            (system.clone(), FileOrigin::System),
+        ];
+        let vars = env(&[
+            ("PGSQL_BROKER_CONFIG", var.to_str().unwrap()),
+            ("PGDATABASE", "from_libpq"),
+        ]);
+        let found = |explicit: Option<&Path>, vars: &BTreeMap<String, String>| {
+            let (c, source) = Config::discover(explicit, vars, &search).unwrap();
+            (c.databases[0].database.clone(), source, c.warnings)
+        };
+
+        // Nothing on the search path: the environment (here libpq's).
+        let none = env(&[("PGDATABASE", "from_libpq")]);
+        let (db, source, _) = found(None, &none);
+        assert_eq!((db.as_str(), &source.file), ("from_libpq", &None));
+        assert!(source.to_string().contains("libpq"), "{source}");
+
+        file(&system, "from_system");
+        let (db, source, _) = found(None, &none);
+        assert_eq!(db, "from_system");
+        assert_eq!(source.file, Some((system.clone(), FileOrigin::System)));
+
+        std::fs::write(&json, "{\"databases\": [{\"database\": \"from_json\"}]}").unwrap();
+        assert_eq!(found(None, &none).0, "from_json");
+
+        file(&yaml, "from_yaml");
+        let (db, source, warnings) = found(None, &none);
+        assert_eq!(db, "from_yaml");
+        assert_eq!(source.file, Some((yaml.clone(), FileOrigin::WorkingDir)));
+        assert!(source.to_string().contains("working directory"), "{source}");
+        // A second file in the working directory is named, so it confuses nobody; the
+        // system-wide file behind it is not worth a warning.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("broker.json"), "{warnings:?}");
+
+        let (db, source, _) = found(None, &vars);
+        assert_eq!(
+            (db.as_str(), source.file.map(|f| f.1)),
+            ("from_var", Some(FileOrigin::EnvVar))
+        );
+        let (db, source, _) = found(Some(&flag), &vars);
+        assert_eq!(
+            (db.as_str(), source.file.map(|f| f.1)),
+            ("from_flag", Some(FileOrigin::Flag))
+        );
+
+        // An empty $PGSQL_BROKER_CONFIG is unset; a named file must exist.
+        let empty = env(&[("PGSQL_BROKER_CONFIG", "")]);
+        assert_eq!(found(None, &empty).0, "from_yaml");
+        let missing = env(&[("PGSQL_BROKER_CONFIG", "/nonexistent/b.yaml")]);
+        let e = Config::discover(None, &missing, &search)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/b.yaml"), "{e}");
+        let e = Config::discover(Some(Path::new("/nonexistent/c.yaml")), &none, &search)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/c.yaml"), "{e}");
+
+        // Database variables alone, with nothing found.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (c, source) =
+            Config::discover(None, &env(&[("PGSQL_BROKER_DB_A_DATABASE", "a")]), &search).unwrap();
+        assert_eq!(c.databases[0].name, "a");
+        assert_eq!(source.env_databases, ["a"]);
+        assert!(source.to_string().contains("no config file"), "{source}");
+    }
+
+    #[test]
+    fn search_path_system_file_can_be_moved_or_switched_off() {
+        let paths = |vars: &[(&str, &str)]| -> Vec<PathBuf> {
+            search_path(&env(vars))
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
+        };
+        assert_eq!(
+            paths(&[]),
+            [
+                PathBuf::from("./broker.yaml"),
+                PathBuf::from("./broker.json"),
+                PathBuf::from(SYSTEM_CONFIG)
+            ]
+        );
+        assert_eq!(
+            paths(&[("PGSQL_BROKER_SYSTEM_CONFIG", "/usr/local/etc/b.yaml")])[2],
+            PathBuf::from("/usr/local/etc/b.yaml")
+        );
+        assert_eq!(paths(&[("PGSQL_BROKER_SYSTEM_CONFIG", "")]).len(), 2);
+        // The variable is no broker key.
+        let mut c = Config::new(vec![DatabaseConfig::new("app")]);
+        c.apply_env(&env(&[("PGSQL_BROKER_SYSTEM_CONFIG", "")]))
+            .unwrap();
     }
 
     #[test]

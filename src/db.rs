@@ -498,8 +498,9 @@ pub fn add_job(c: &mut Client, job: &NewJob) -> Result<i64, postgres::Error> {
     Ok(row.get(0))
 }
 
-/// One line of `pgsql-broker status`.
-pub fn status_report(c: &mut Client) -> Result<Vec<String>, postgres::Error> {
+/// The lines of `pgsql-broker status`: the active instance, then job counts per queue and
+/// status. Pending jobs in a queue above `queue_count` get a line saying why they wait.
+pub fn status_report(c: &mut Client, queue_count: i32) -> Result<Vec<String>, postgres::Error> {
     let mut lines = Vec::new();
     for r in c.query(
         "SELECT id, name, host, pid, status, heartbeat_at::text, now() - heartbeat_at < interval '30 seconds'
@@ -525,12 +526,19 @@ pub fn status_report(c: &mut Client) -> Result<Vec<String>, postgres::Error> {
         "SELECT job_queue, status, count(*) FROM broker_jobs GROUP BY 1, 2 ORDER BY 1, 2",
         &[],
     )? {
-        lines.push(format!(
-            "queue {} {}: {}",
+        let (queue, status, count) = (
             r.get::<_, i32>(0),
             r.get::<_, String>(1),
-            r.get::<_, i64>(2)
-        ));
+            r.get::<_, i64>(2),
+        );
+        let mut line = format!("queue {queue} {status}: {count}");
+        if queue > queue_count && status == "pending" {
+            line.push_str(&format!(
+                " (waiting: no worker serves queue {queue}, queue_count is {queue_count}; \
+                 raise queue_count or move the jobs to queue 1-{queue_count})"
+            ));
+        }
+        lines.push(line);
     }
     Ok(lines)
 }

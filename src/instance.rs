@@ -1,8 +1,8 @@
 //! The single active instance per database: a session advisory lock held by the listener's
 //! dedicated connection (so it dies with the process, even on kill -9) plus a row in
 //! `broker_queueinstance` with a heartbeat for operators. Getting there (connecting, waiting
-//! as a standby) is [`crate::acquire`]'s job; sharing databases among processes is
-//! [`crate::sharing`]'s.
+//! as a standby) is `acquire`'s job; sharing databases among processes is
+//! `sharing`'s.
 
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,7 @@
 //! | `verify-full` | yes | yes | yes |
 //!
 //! The `postgres` crate only knows disable/prefer/require and hands the TLS handshake to a
-//! connector; [`MakeTls`] is that connector, configured per database. It also turns rustls'
+//! connector; [`MakeTls`](crate::tls::MakeTls) is that connector, configured per database. It also turns rustls'
 //! terse handshake errors into messages that say what failed and which setting decides it.
 
 use std::fmt;

@@ -144,26 +144,66 @@ fn password_never_appears_in_logs() {
     );
 }
 
-/// `--log-format json` writes one JSON object per line, each with time, level and message.
+/// `start --log-format json` (the option after the command) writes one JSON object per line,
+/// each with time, level, target and message, that a JSON parser reads back exactly, even a
+/// job error holding quotes, backslashes, line breaks, tabs, control characters and non-ASCII.
 #[test]
-fn json_log_lines() {
+fn json_log_lines_parse() {
     let db = TestDb::new();
     let config = db.config("", "");
-    let mut broker = BrokerProcess::start_env(&config, &[("PGSQL_BROKER_LOG_FORMAT", "json")]);
+    db.install();
+    let mut broker = BrokerProcess::spawn_in(
+        db.dir(),
+        &[
+            "start",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap_or_default(),
+        ],
+        &[],
+    );
     broker.wait_log("serving as instance");
+    let body = r#"BEGIN RAISE EXCEPTION USING MESSAGE = E'bad "q" \\ back\nline2\ttab\x01 é'; END"#;
+    let id = db.add_job(&format!(
+        "broker_add_job('tricky', '{}', 1, 0, 'plpgsql')",
+        body.replace('\'', "''")
+    ));
+    db.wait_status(id, "failed");
+    broker.wait_log(&format!("job {id} failed"));
     broker.signal("TERM");
     assert!(broker.wait_exit(HANG).success());
     let log = broker.log();
-    assert!(log.lines().count() >= 2, "{log}");
+    assert!(log.lines().count() >= 3, "{log}");
+    let mut messages = Vec::new();
     for line in log.lines() {
-        assert!(
-            line.starts_with("{\"ts\":\"") && line.ends_with('}'),
-            "not a JSON line: {line}"
-        );
-        assert!(
-            line.contains("\"level\":\"") && line.contains("\"msg\":\""),
-            "{line}"
-        );
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(
+                obj.get(key).is_some_and(|f| f.is_string()),
+                "{key} in {line}"
+            );
+        }
+        let ts = obj["ts"].as_str().unwrap_or_default();
+        assert!(ts.len() == 24 && ts.ends_with('Z'), "{line}");
+        messages.push(obj["msg"].as_str().unwrap_or_default().to_string());
     }
     assert!(log.contains("\"level\":\"INFO\""), "{log}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("configuration: config file")),
+        "{messages:?}"
+    );
+    let raw = "bad \"q\" \\ back\nline2\ttab\u{1} é";
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("job {id} failed")) && m.contains(raw)),
+        "{messages:#?}"
+    );
 }

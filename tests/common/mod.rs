@@ -241,8 +241,18 @@ pub fn run_cli(args: &[&str]) -> Output {
 }
 
 pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_cli_in(&empty_dir(), args, env)
+}
+
+/// Runs the binary to completion in the working directory `dir` (where it looks for
+/// `broker.yaml`), with a clean environment plus `env`.
+pub fn run_cli_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = command(env);
-    let out = cmd.args(args).output().expect("run pgsql-broker");
+    let out = cmd
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run pgsql-broker");
     Output {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into(),
@@ -250,6 +260,17 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     }
 }
 
+/// A working directory without a config file, for runs that must not find one.
+pub fn empty_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgsql_broker_t_{}_cwd", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("empty working directory");
+    dir
+}
+
+/// The binary with no `PGSQL_BROKER_*` or `PG*` variables of the test's own environment, and
+/// no system-wide config file (`/etc/pgsql-broker/broker.yaml` of this machine must not
+/// matter; a test may set `PGSQL_BROKER_SYSTEM_CONFIG` in `env`), run in a directory without
+/// a config file unless the caller picks another.
 fn command(env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars() {
@@ -257,6 +278,8 @@ fn command(env: &[(&str, &str)]) -> Command {
             cmd.env_remove(k);
         }
     }
+    cmd.env("PGSQL_BROKER_SYSTEM_CONFIG", "");
+    cmd.current_dir(empty_dir());
     cmd.envs(env.iter().copied());
     cmd
 }
@@ -273,10 +296,25 @@ impl BrokerProcess {
     }
 
     pub fn start_env(config: &Path, env: &[(&str, &str)]) -> BrokerProcess {
-        let log = config.with_extension(format!("{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let dir = config.parent().map_or_else(empty_dir, Path::to_path_buf);
+        Self::spawn_in(
+            &dir,
+            &["--config", config.to_str().unwrap_or_default(), "start"],
+            env,
+        )
+    }
+
+    /// Runs the binary with `args` as given (e.g. `start --log-level debug`) in the working
+    /// directory `dir`; its stderr goes to a log file in `dir`.
+    pub fn spawn_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
+        let log = dir.join(format!(
+            "broker.{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         let file = std::fs::File::create(&log).expect("log file");
         let child = command(env)
-            .args(["--config", config.to_str().unwrap_or_default(), "start"])
+            .current_dir(dir)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
