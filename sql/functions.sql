@@ -27,19 +27,26 @@ $$;
 
 -- True for the broker itself: the tables' owner (the login that installed them) or a superuser.
 -- Everyone else, broker_admin members included, is a submitter to the triggers below.
+-- (PL/pgSQL, not SQL: its plan is cached per session, and it runs on every update of a job.)
 CREATE OR REPLACE FUNCTION broker_caller_is_broker() RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT pg_has_role(current_user,
-                       (SELECT relowner FROM pg_class WHERE oid = 'broker_jobs'::regclass), 'MEMBER')
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN pg_has_role(current_user,
+                       (SELECT relowner FROM pg_class WHERE oid = 'broker_jobs'::regclass), 'MEMBER');
+END
+$$;
+
+-- broker.max_job_size as the active broker published it (1 MB until one has); 0: no limit.
+CREATE OR REPLACE FUNCTION broker_max_job_size() RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce((SELECT value::bigint FROM broker_settings WHERE name = 'max_job_size'),
+                    1048576);
+END
 $$;
 
 -- What a job (or a schedule's jobs) runs: a known language and some SQL. p_what names the
 -- row in the error.
--- broker.max_job_size as the active broker published it (1 MB until one has); 0: no limit.
-CREATE OR REPLACE FUNCTION broker_max_job_size() RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT value::bigint FROM broker_settings WHERE name = 'max_job_size'), 1048576)
-$$;
 
 CREATE OR REPLACE FUNCTION broker_check_job_text(p_language text, p_execute_str text, p_what text)
 RETURNS void
@@ -157,9 +164,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     allowed broker_jobs;
 BEGIN
-    IF broker_caller_is_broker() THEN
-        RETURN NEW;
-    END IF;
     allowed := OLD;
     allowed.status := 'cancelled';
     allowed.error_text := NEW.error_text;
@@ -174,9 +178,11 @@ END
 $$;
 
 DROP TRIGGER IF EXISTS broker_jobs_before_update ON broker_jobs;
+-- The broker's own updates (several per job) skip the trigger altogether.
 CREATE TRIGGER broker_jobs_before_update
     BEFORE UPDATE ON broker_jobs
-    FOR EACH ROW EXECUTE FUNCTION broker_jobs_before_update();
+    FOR EACH ROW WHEN (NOT broker_caller_is_broker())
+    EXECUTE FUNCTION broker_jobs_before_update();
 
 -- Keeps `waiting` right whoever adds an edge, and settles a job whose dependency already ended.
 CREATE OR REPLACE FUNCTION broker_job_dependencies_insert() RETURNS trigger
@@ -211,6 +217,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     q integer;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM broker_job_dependencies d WHERE d.depends_on = NEW.id) THEN
+        RETURN NULL;
+    END IF;
     IF NEW.status = 'completed' THEN
         FOR q IN
             WITH ready AS (
@@ -748,11 +757,12 @@ CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boole
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    j broker_jobs;
+    j record;
     role name;
     job_sql text;
 BEGIN
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE SKIP LOCKED;
+    SELECT b.status, b.claim, b.run_as, b.owner, b.job_language, b.execute_str, b.user_login
+      INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM broker_jobs WHERE id = p_id) THEN
             RAISE EXCEPTION 'job % is locked by another session; it runs once that lock is gone', p_id
@@ -768,7 +778,7 @@ BEGIN
         RAISE EXCEPTION 'job % was cancelled before it started', p_id USING ERRCODE = '57014';
     END IF;
     role := coalesce(j.run_as, j.owner);
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
+    IF to_regrole(quote_ident(role)) IS NULL THEN
         RAISE EXCEPTION 'role % of job % does not exist', quote_ident(role), p_id
             USING ERRCODE = '42704';
     END IF;
@@ -781,15 +791,18 @@ BEGIN
     job_sql := CASE WHEN j.job_language = 'plpgsql'
                     THEN 'DO LANGUAGE plpgsql ' || quote_literal(j.execute_str)
                     ELSE j.execute_str END;
-    UPDATE broker_jobs SET started_at = clock_timestamp(), backend_pid = pg_backend_pid()
-     WHERE id = p_id;
     PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local);
     PERFORM set_config('broker.job_id', p_id::text, p_local);
     PERFORM set_config('broker.user_login', coalesce(j.user_login, ''), p_local);
     IF p_local THEN
+        -- The row is written once, when the job ends (broker_set has the start from the
+        -- broker): within the batch's transaction nobody could see it earlier anyway.
         PERFORM set_config('broker.execute_str', job_sql, true);
         RETURN NULL;
     END IF;
+    -- Outside a transaction the start commits at once: operators see it running.
+    UPDATE broker_jobs SET started_at = clock_timestamp(), backend_pid = pg_backend_pid()
+     WHERE id = p_id;
     -- set_config takes the role name as a value, never as SQL text.
     PERFORM set_config('role', role, false);
     RETURN job_sql;
@@ -827,64 +840,70 @@ CREATE OR REPLACE FUNCTION broker_set(p_id bigint, p_claim bigint, p_status text
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    j broker_jobs;
+    j record;
     cancelled_by name;
+    started timestamptz;
+    new_status text;
 BEGIN
     PERFORM broker_reset_session();
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id FOR NO KEY UPDATE SKIP LOCKED;
+    SELECT b.status, b.claim, b.attempts, b.max_attempts, b.job_queue, b.started_at
+      INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN CASE WHEN EXISTS (SELECT 1 FROM broker_jobs WHERE id = p_id) THEN 'locked' END;
     END IF;
     IF j.status <> 'running' OR j.claim IS DISTINCT FROM p_claim THEN
         RETURN j.status;
     END IF;
+    -- A transactional job's start is written with its end: from the broker's timing when it
+    -- failed, else the start of the message that ran it (this statement is part of it).
+    started := coalesce(j.started_at,
+                        clock_timestamp() - p_ran_for * interval '1 second',
+                        statement_timestamp());
     DELETE FROM broker_cancel_requests WHERE job_id = p_id RETURNING requested_by INTO cancelled_by;
-    IF j.started_at IS NULL AND p_ran_for IS NOT NULL THEN
-        -- The start was rolled back with the failed attempt; the broker timed it.
-        UPDATE broker_jobs SET started_at = clock_timestamp() - p_ran_for * interval '1 second'
-         WHERE id = p_id;
-    END IF;
     IF p_status = 'completed' THEN
-        UPDATE broker_jobs SET status = 'completed', error_text = NULL,
+        UPDATE broker_jobs SET status = 'completed', error_text = NULL, started_at = started,
                                completed_at = clock_timestamp(), backend_pid = NULL
          WHERE id = p_id;
+        RETURN 'completed';
     ELSIF p_status IN ('failed', 'pending') AND cancelled_by IS NOT NULL THEN
         -- Also when shutdown rolled the job back: the cancel was asked for, so it stands.
-        UPDATE broker_jobs SET status = 'cancelled', completed_at = clock_timestamp(),
-                               backend_pid = NULL,
+        UPDATE broker_jobs SET status = 'cancelled', started_at = started,
+                               completed_at = clock_timestamp(), backend_pid = NULL,
                                error_text = format('cancelled by %s while running', cancelled_by)
-         WHERE id = p_id;
+         WHERE id = p_id
+        RETURNING status INTO new_status;
+    ELSIF p_status = 'failed' AND j.attempts < j.max_attempts THEN
+        -- Retried after a backoff with jitter: 2^attempt seconds ±25 %, at most an hour.
+        UPDATE broker_jobs
+           SET status = 'pending', instance_id = NULL, claim = NULL, delayed = true,
+               error_text = p_error, backend_pid = NULL, started_at = started,
+               attempt_errors = attempt_errors || format('attempt %s: %s', j.attempts, p_error),
+               run_after = clock_timestamp()
+                           + least(3600, power(2, j.attempts) * (0.75 + random() / 2))
+                             * interval '1 second'
+         WHERE id = p_id
+        RETURNING status INTO new_status;
+        PERFORM pg_notify('broker_jobs', 'delayed');
     ELSIF p_status = 'failed' THEN
         UPDATE broker_jobs
-           SET error_text = p_error, backend_pid = NULL,
+           SET status = 'failed', error_text = p_error, backend_pid = NULL, started_at = started,
+               completed_at = clock_timestamp(),
                attempt_errors = attempt_errors || format('attempt %s: %s', j.attempts, p_error)
-         WHERE id = p_id;
-        IF j.attempts < j.max_attempts THEN
-            -- Exponential backoff with jitter: 2^attempt seconds ±25 %, at most an hour.
-            UPDATE broker_jobs SET status = 'pending', instance_id = NULL, claim = NULL,
-                                   delayed = true,
-                                   run_after = clock_timestamp()
-                                               + least(3600, power(2, j.attempts)
-                                                             * (0.75 + random() / 2))
-                                                 * interval '1 second'
-             WHERE id = p_id;
-            PERFORM pg_notify('broker_jobs', 'delayed');
-        ELSE
-            UPDATE broker_jobs SET status = 'failed', completed_at = clock_timestamp()
-             WHERE id = p_id;
-        END IF;
+         WHERE id = p_id
+        RETURNING status INTO new_status;
     ELSIF p_status = 'pending' THEN
         UPDATE broker_jobs SET status = 'pending', attempts = attempts - 1, claim = NULL,
                                started_at = NULL, instance_id = NULL, backend_pid = NULL,
                                delayed = false
-         WHERE id = p_id;
+         WHERE id = p_id
+        RETURNING status INTO new_status;
         PERFORM pg_notify('broker_jobs', j.job_queue::text);
     ELSE
         RAISE EXCEPTION 'broker_set: status % is not one of completed, failed, pending',
                 quote_literal(p_status)
             USING ERRCODE = '22023';
     END IF;
-    RETURN (SELECT status FROM broker_jobs WHERE id = p_id);
+    RETURN new_status;
 END
 $$;
 
@@ -1028,6 +1047,9 @@ BEGIN
     LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
                        current_schema());
+        -- Their statements run thousands of times a second with different ids: a generic
+        -- plan, made once per session, instead of planning each call anew.
+        EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
     END LOOP;
 END
 $search_path$;

@@ -34,7 +34,9 @@ pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
                 .add_filter_ignore_str(DRIVER_TARGETS[0])
                 .add_filter_ignore_str(DRIVER_TARGETS[1])
                 .build();
-            simplelog::WriteLogger::init(level, cfg, std::io::stderr()).map_err(|e| e.to_string())
+            let inner = simplelog::WriteLogger::new(level, cfg, std::io::stderr());
+            log::set_max_level(level);
+            log::set_boxed_logger(Box::new(OneLine(inner))).map_err(|e| e.to_string())
         }
         LogFormat::Json => {
             log::set_max_level(level);
@@ -42,6 +44,52 @@ pub fn init(config: &LoggingConfig, debug: bool) -> Result<(), String> {
         }
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// The text logger, one event per line: control characters in a message (a job's error text
+/// may hold newlines) are escaped, so no message can forge a line of its own.
+struct OneLine(Box<simplelog::WriteLogger<std::io::Stderr>>);
+
+impl Log for OneLine {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        let message = record.args().to_string();
+        if !message.contains(char::is_control) {
+            return self.0.log(record);
+        }
+        let escaped = escape_controls(&message);
+        self.0.log(
+            &Record::builder()
+                .args(format_args!("{escaped}"))
+                .metadata(record.metadata().clone())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
+}
+
+/// Newline, carriage return and tab as `\\n`, `\\r`, `\\t`, other control characters as `\\u{..}`.
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Writes one JSON object per line: `{"ts":..,"level":..,"target":..,"msg":..}`.
@@ -137,6 +185,15 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2000-02-29T12:34:56.789Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200);
         assert_eq!(utc_timestamp(t), "2026-11-26T00:00:00.000Z");
+    }
+
+    #[test]
+    fn text_lines_escape_control_characters() {
+        assert_eq!(super::escape_controls("plain é"), "plain é");
+        assert_eq!(
+            super::escape_controls("boom\n2026 [INFO] forged\r\t\u{1b}[31m"),
+            "boom\\n2026 [INFO] forged\\r\\t\\u{1b}[31m"
+        );
     }
 
     #[test]
