@@ -235,6 +235,7 @@ fn serve(
             let (orphans, schedule_wait) = poll(shared, client, instance, queues.len(), memory)?;
             wanted.iter_mut().for_each(|w| *w = true);
             woke.cancel = true;
+            woke.delayed = true;
             // Orphans still locked by a dying backend are free in a moment: look again soon.
             next_poll = now
                 + if orphans {
@@ -344,6 +345,7 @@ fn claim_for(
         let jobs = claim.claim(client, i as i32 + 1, instance.id, limit as i32)?;
         shared.note_claimed(jobs.iter().map(|j| j.id));
         let got = jobs.len();
+        let _whole = shared.sending(i as i32 + 1);
         for job in jobs {
             if tx.try_send(job).is_err() {
                 // Cannot happen (the claim took no more than the room, and only this thread
@@ -583,13 +585,15 @@ fn wait_on(acquirer: &mut Acquirer, mut client: Client) {
     }
 }
 
-/// Lets the workers finish: closes their channels (what is queued goes back), waits `shutdown_timeout_sec`, then
-/// cancels what still runs (transactional jobs roll back and become pending again).
+/// Lets the workers finish what they claimed: closes their channels and waits
+/// `shutdown_timeout_sec`; then what has not started goes back, and what still runs is
+/// cancelled (transactional jobs roll back and become pending again).
 fn drain(shared: &Shared, queues: Vec<Sender<Job>>, done: Receiver<()>) {
     drop(queues);
     let name = &shared.db.name;
     let timeout = Duration::from_secs(shared.settings.shutdown_timeout_sec);
     if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(timeout) {
+        shared.hand_back_claims();
         let n = shared.cancel_running();
         log::warn!("database {name}: shutdown timeout of {timeout:?} reached; cancelled {n} running job(s)");
         // Cancelled jobs end at once; this bound only guards against a hang.

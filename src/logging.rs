@@ -77,7 +77,7 @@ impl Log for OneLine {
     }
 }
 
-/// Newline, carriage return and tab as `\\n`, `\\r`, `\\t`, other control characters as `\\u{..}`.
+/// Newline, carriage return and tab as `\n`, `\r`, `\t`; other control characters as `\u{..}`.
 fn escape_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {

@@ -142,11 +142,16 @@ pub(crate) struct Shared {
     slots: Vec<Mutex<Slot>>,
     /// Roles whose runner is known to exist; held while a worker makes one.
     runners: Mutex<HashSet<u32>>,
+    /// Per queue: held while the listener sends one claim's jobs down the channel, so a
+    /// worker takes a claim whole (one transaction) rather than its first job alone.
+    sending: Vec<Mutex<()>>,
     pub stats: Stats,
     /// Why this database stopped being served, when it was not a requested stop.
     fatal: Mutex<Option<String>>,
     /// Set when shutdown gave up on workers that did not stop after their job was cancelled.
     abandoned: AtomicBool,
+    /// Set when the drain's time is up: claimed jobs not yet started go back.
+    hand_back: AtomicBool,
 }
 
 impl Shared {
@@ -168,9 +173,11 @@ impl Shared {
             claimed: Mutex::new(HashSet::new()),
             slots: (0..workers).map(|_| Mutex::new(Slot::default())).collect(),
             runners: Mutex::new(HashSet::new()),
+            sending: (0..db.queue_count).map(|_| Mutex::new(())).collect(),
             stats: Stats::default(),
             fatal: Mutex::new(None),
             abandoned: AtomicBool::new(false),
+            hand_back: AtomicBool::new(false),
         })
     }
 
@@ -184,6 +191,15 @@ impl Shared {
 
     pub fn is_stopping(&self) -> bool {
         self.stop.is_stopped()
+    }
+
+    /// From now on workers start no claimed job: they hand them back (shutdown timeout).
+    pub fn hand_back_claims(&self) {
+        self.hand_back.store(true, Ordering::SeqCst);
+    }
+
+    pub fn handing_back(&self) -> bool {
+        self.hand_back.load(Ordering::SeqCst)
     }
 
     /// Stops the whole broker because this database cannot be served; `wait()` reports `why`.
@@ -266,6 +282,12 @@ impl Shared {
     /// The set of roles whose runner exists, locked: a worker that makes one holds it.
     pub fn runners(&self) -> MutexGuard<'_, HashSet<u32>> {
         lock(&self.runners)
+    }
+
+    /// Held while one claim's jobs go down `queue`'s channel (see the field).
+    pub fn sending(&self, queue: i32) -> Option<MutexGuard<'_, ()>> {
+        let i = usize::try_from(queue).ok()?.checked_sub(1)?;
+        self.sending.get(i).map(lock)
     }
 
     /// Cancels every running job's statement; returns how many were asked.

@@ -67,12 +67,15 @@ pub(crate) fn run(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = VecDeque::from([first]);
+        // Wait until the listener has sent the rest of this claim.
+        let whole = shared.sending(queue);
         while batch.len() < max_batch {
             match jobs.try_recv() {
                 Ok(job) => batch.push_back(job),
                 Err(_) => break,
             }
         }
+        drop(whole);
         if catch_unwind(AssertUnwindSafe(|| worker.run_batch(&mut batch))).is_err() {
             worker.after_panic(batch);
         }
@@ -114,7 +117,7 @@ impl Worker<'_> {
         let mut losses = 0;
         self.prepare_runners(batch);
         while let Some(job) = batch.pop_front() {
-            if self.shared.is_stopping() {
+            if self.shared.handing_back() {
                 batch.push_front(job);
                 break;
             }
@@ -139,7 +142,7 @@ impl Worker<'_> {
             }
         }
         if !batch.is_empty() {
-            // Stopping: claimed but not started, so they go back for the next instance.
+            // The drain's time is up: claimed but not started, so they go back.
             self.hand_back(batch.drain(..).collect());
         }
     }
