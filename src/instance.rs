@@ -40,6 +40,7 @@ impl Instance {
         evict: bool,
     ) -> Result<Instance, Error> {
         let deadline = Instant::now() + grace;
+        let mut named = None;
         loop {
             match db::register_instance(
                 client,
@@ -51,11 +52,17 @@ impl Instance {
             ) {
                 Ok(id) => return Ok(Instance { id }),
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    let message = e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_default();
+                    // A squatter is worth a line of its own, once, even if the retry wins
+                    // (the operator should know whose session the broker ended).
+                    if message.contains("no broker instance") && named.as_ref() != Some(&message) {
+                        log::warn!("database {}: {message}", db.name);
+                        named = Some(message.clone());
+                    }
                     if Instant::now() >= deadline {
-                        let message = e
-                            .as_db_error()
-                            .map(|d| d.message().to_string())
-                            .unwrap_or_default();
                         return Err(Error::InstanceActive {
                             database: db.name.clone(),
                             message,
