@@ -178,11 +178,19 @@ END
 $$;
 
 DROP TRIGGER IF EXISTS broker_jobs_before_update ON broker_jobs;
--- The broker's own updates (several per job) skip the trigger altogether.
-CREATE TRIGGER broker_jobs_before_update
-    BEFORE UPDATE ON broker_jobs
-    FOR EACH ROW WHEN (NOT broker_caller_is_broker())
-    EXECUTE FUNCTION broker_jobs_before_update();
+-- The broker's own updates (several per job) skip the trigger altogether. The condition names
+-- the tables' owner by oid, as broker_caller_is_broker() would find it: a plain expression,
+-- cheap on every row and independent of any session's search_path.
+DO $when$
+BEGIN
+    EXECUTE format(
+        'CREATE TRIGGER broker_jobs_before_update
+             BEFORE UPDATE ON broker_jobs
+             FOR EACH ROW WHEN (NOT pg_catalog.pg_has_role(CURRENT_USER, %s::pg_catalog.oid, ''MEMBER''))
+             EXECUTE FUNCTION broker_jobs_before_update()',
+        (SELECT relowner FROM pg_class WHERE oid = 'broker_jobs'::regclass));
+END
+$when$;
 
 -- Keeps `waiting` right whoever adds an edge, and settles a job whose dependency already ended.
 CREATE OR REPLACE FUNCTION broker_job_dependencies_insert() RETURNS trigger
@@ -753,7 +761,8 @@ $$;
 -- runner through broker.execute_str; the caller gets it back for a job outside a transaction,
 -- which runs in the broker's own session where RESET ROLE is possible, so it may only run as a
 -- role that already has every privilege of the broker's login (its role is set here).
-CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean,
+                                      p_timeout_ms bigint)
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -791,12 +800,15 @@ BEGIN
     job_sql := CASE WHEN j.job_language = 'plpgsql'
                     THEN 'DO LANGUAGE plpgsql ' || quote_literal(j.execute_str)
                     ELSE j.execute_str END;
-    PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local);
-    PERFORM set_config('broker.job_id', p_id::text, p_local);
-    PERFORM set_config('broker.user_login', coalesce(j.user_login, ''), p_local);
+    -- statement_timeout applies from the caller's next statement, the job's: PostgreSQL arms
+    -- it afresh for each statement of a multi-statement query.
+    PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local),
+            set_config('broker.job_id', p_id::text, p_local),
+            set_config('broker.user_login', coalesce(j.user_login, ''), p_local),
+            set_config('statement_timeout', greatest(p_timeout_ms, 0)::text, p_local);
     IF p_local THEN
-        -- The row is written once, when the job ends (broker_set has the start from the
-        -- broker): within the batch's transaction nobody could see it earlier anyway.
+        -- The row is written once, when the job ends (with the start of the message that ran
+        -- it): within the batch's transaction nobody could see it earlier anyway.
         PERFORM set_config('broker.execute_str', job_sql, true);
         RETURN NULL;
     END IF;
@@ -806,27 +818,6 @@ BEGIN
     -- set_config takes the role name as a value, never as SQL text.
     PERFORM set_config('role', role, false);
     RETURN job_sql;
-END
-$$;
-
--- Undoes what a job may have left in the session that outlives it and that a rollback does not
--- undo: prepared statements, temp objects, LISTEN, session advisory locks, open cursors.
--- Settings are the caller's part (RESET ALL, a top-level statement, before this runs).
-CREATE OR REPLACE FUNCTION broker_reset_session() RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    stmt text;
-BEGIN
-    FOR stmt IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
-        EXECUTE format('DEALLOCATE %I', stmt);
-    END LOOP;
-    IF pg_my_temp_schema() <> 0 THEN
-        EXECUTE 'DISCARD TEMP';
-    END IF;
-    EXECUTE 'DISCARD SEQUENCES';
-    EXECUTE 'CLOSE ALL';
-    UNLISTEN *;
-    PERFORM pg_advisory_unlock_all();
 END
 $$;
 
@@ -844,8 +835,32 @@ DECLARE
     cancelled_by name;
     started timestamptz;
     new_status text;
+    stmt text;
 BEGIN
-    PERFORM broker_reset_session();
+    -- Undo what the job may have left in the session that outlives it and that neither a
+    -- rollback nor the caller's RESET ALL (a top-level statement before this one) undoes:
+    -- prepared statements, temp objects (pg_temp comes first in a default search_path, so a
+    -- temp table could stand in for another role's table), LISTEN, session advisory locks.
+    -- Cursors close in the runner or with a rolled-back savepoint.
+    FOR stmt IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
+        EXECUTE format('DEALLOCATE %I', stmt);
+    END LOOP;
+    IF pg_my_temp_schema() <> 0 THEN
+        EXECUTE 'DISCARD TEMP';
+    END IF;
+    UNLISTEN *;
+    PERFORM pg_advisory_unlock_all();
+    IF p_status = 'completed' THEN
+        -- The common case, in one statement: broker_run holds the row for this transaction.
+        UPDATE broker_jobs SET status = 'completed', error_text = NULL, backend_pid = NULL,
+                               started_at = coalesce(started_at, statement_timestamp()),
+                               completed_at = clock_timestamp()
+         WHERE id = p_id AND status = 'running' AND claim = p_claim;
+        IF FOUND THEN
+            DELETE FROM broker_cancel_requests WHERE job_id = p_id;
+            RETURN 'completed';
+        END IF;
+    END IF;
     SELECT b.status, b.claim, b.attempts, b.max_attempts, b.job_queue, b.started_at
       INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
@@ -1031,7 +1046,7 @@ ALTER FUNCTION broker_job_id_assigned(bigint) SECURITY DEFINER;
 
 -- The broker's own steps around a job never wait long on a lock some other session holds
 -- (their row locks are SKIP LOCKED already; this bounds what remains, e.g. catalog locks).
-ALTER FUNCTION broker_run(bigint, bigint, boolean) SET lock_timeout = '5s';
+ALTER FUNCTION broker_run(bigint, bigint, boolean, bigint) SET lock_timeout = '5s';
 ALTER FUNCTION broker_set(bigint, bigint, text, text, float8) SET lock_timeout = '5s';
 ALTER FUNCTION broker_prepare_runner(oid) SET lock_timeout = '5s';
 

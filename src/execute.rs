@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! SAVEPOINT pgsql_broker_job;                 -- the job's effects stand or fall alone
-//! SELECT <schema>.broker_run(id, claim);      -- lock, check the claim, publish the job
-//! SET LOCAL statement_timeout = <ms>;         -- armed afresh for the next statement
+//! SELECT <schema>.broker_run(id, claim, true, <timeout ms>);
+//!                                             -- lock, check the claim, publish the job and
+//!                                             -- its statement_timeout (armed afresh for the
+//!                                             -- next statement)
 //! SELECT broker_exec.run_<role oid>();        -- the job's SQL, as its role
 //! RESET ALL;                                  -- settings the job changed, whatever they were
-//! SELECT <schema>.broker_set(id, claim, 'completed');   -- clean the session, record
+//! SELECT <schema>.broker_set(id, claim, 'completed', NULL, NULL);  -- clean up, record
 //! RELEASE SAVEPOINT pgsql_broker_job
 //! ```
 //!
@@ -71,9 +73,10 @@ pub fn transactional(
     commit: bool,
 ) -> String {
     format!(
-        "{begin}SAVEPOINT {SAVEPOINT}; SELECT {schema}.broker_run({id}, {claim}); \
-         SET LOCAL statement_timeout = {ms}; SELECT broker_exec.run_{role}(); RESET ALL; \
-         SELECT {schema}.broker_set({id}, {claim}, 'completed'); RELEASE SAVEPOINT {SAVEPOINT}{commit}",
+        "{begin}SAVEPOINT {SAVEPOINT}; SELECT {schema}.broker_run({id}, {claim}, true, {ms}); \
+         SELECT broker_exec.run_{role}(); RESET ALL; \
+         SELECT {schema}.broker_set({id}, {claim}, 'completed', NULL, NULL); \
+         RELEASE SAVEPOINT {SAVEPOINT}{commit}",
         begin = if begin { "BEGIN; " } else { "" },
         commit = if commit { "; COMMIT" } else { "" },
         id = job.id,
@@ -123,11 +126,10 @@ pub fn record(schema: &str, job: &Job, outcome: &Outcome, ran_for: Option<Durati
     )
 }
 
-/// Starts a non-transactional job in the session (its role set, its SQL returned) and arms its
-/// timeout for the session's next statement, which is the job's SQL.
+/// Starts a non-transactional job in the session: its role and timeout set, its SQL returned.
 pub fn start_in_session(schema: &str, job: &Job, timeout: Option<Duration>) -> String {
     format!(
-        "SELECT {schema}.broker_run({id}, {claim}, false); SET statement_timeout = {ms}",
+        "SELECT {schema}.broker_run({id}, {claim}, false, {ms})",
         id = job.id,
         claim = job.claim,
         ms = timeout_ms(timeout),
@@ -194,9 +196,10 @@ mod tests {
         );
         assert_eq!(
             msg,
-            "BEGIN; SAVEPOINT pgsql_broker_job; SELECT \"s\".broker_run(7, 9); \
-             SET LOCAL statement_timeout = 5000; SELECT broker_exec.run_10(); RESET ALL; \
-             SELECT \"s\".broker_set(7, 9, 'completed'); RELEASE SAVEPOINT pgsql_broker_job; COMMIT"
+            "BEGIN; SAVEPOINT pgsql_broker_job; SELECT \"s\".broker_run(7, 9, true, 5000); \
+             SELECT broker_exec.run_10(); RESET ALL; \
+             SELECT \"s\".broker_set(7, 9, 'completed', NULL, NULL); \
+             RELEASE SAVEPOINT pgsql_broker_job; COMMIT"
         );
     }
 

@@ -49,7 +49,6 @@ const FUNCTIONS: &[&str] = &[
     "broker_disable_schedule",
     "broker_fire_schedule",
     "broker_prepare_runner",
-    "broker_reset_session",
 ];
 
 /// Serializes concurrent installers on one database.
