@@ -664,27 +664,30 @@ fn add_job(client: &mut Client, sql: &str, queue: i32) -> Result<i64> {
 
 /// Polls each database until no job with an id in its range is pending or running.
 ///
-/// The query walks the id index from the top: the newest jobs run last, so while a drain is
-/// under way the first row it looks at answers it, and polling costs the server next to nothing.
+/// The query walks the id index up from the oldest job not yet seen finished. The broker
+/// finishes jobs (and none of these is retried) roughly oldest first, so each poll steps over
+/// only the jobs finished since the previous one, and polling costs the server next to nothing.
+/// `check_completed` afterwards checks the whole range.
 fn wait_until_finished<C: std::borrow::BorrowMut<Client>>(
     broker: &mut BrokerProcess,
     targets: &mut [(C, (i64, i64))],
 ) -> Result<()> {
     let deadline = Instant::now() + TIMEOUT;
-    let mut finished = vec![false; targets.len()];
+    // Per database, the oldest job that may be unfinished; None once all are finished.
+    let mut oldest: Vec<Option<i64>> = targets.iter().map(|(_, (first, _))| Some(*first)).collect();
     loop {
-        for ((client, (first, last)), done) in targets.iter_mut().zip(&mut finished) {
-            if !*done {
+        for ((client, (_, last)), oldest) in targets.iter_mut().zip(&mut oldest) {
+            if let Some(from) = *oldest {
                 let unfinished = client.borrow_mut().query_opt(
                     "SELECT id FROM broker_jobs
                       WHERE id BETWEEN $1 AND $2 AND status IN ('pending', 'running')
-                      ORDER BY id DESC LIMIT 1",
-                    &[first, last],
+                      ORDER BY id LIMIT 1",
+                    &[&from, last],
                 )?;
-                *done = unfinished.is_none();
+                *oldest = unfinished.map(|row| row.get(0));
             }
         }
-        if finished.iter().all(|done| *done) {
+        if oldest.iter().all(Option::is_none) {
             return Ok(());
         }
         broker.check_running()?;
