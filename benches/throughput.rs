@@ -61,7 +61,14 @@ const SCENARIOS: [&str; 4] = ["drain", "latency", "not-due", "rss"];
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("bench failed: {e}");
+        // With its causes: a postgres::Error says only "db error", its source what went wrong.
+        let mut message = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            message += &format!(": {c}");
+            cause = c.source();
+        }
+        eprintln!("bench failed: {message}");
         std::process::exit(1);
     }
 }
