@@ -132,7 +132,16 @@ fn run() -> Result<()> {
             d.rate()
         );
     }
+    println!("load average at the end: {}", load_average());
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages of the machine, from /proc/loadavg.
+fn load_average() -> String {
+    match fs::read_to_string("/proc/loadavg") {
+        Ok(s) => s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        Err(e) => format!("unknown ({e})"),
+    }
 }
 
 /// What every scenario needs: the server, the binary, the sizes and a directory for configs.
@@ -190,6 +199,11 @@ impl Bench {
             String::from_utf8_lossy(&version.stdout).trim()
         );
         println!("server: {} ({server_version})", self.server.describe());
+        println!(
+            "machine: {} CPUs, load average {} (other work on the machine skews every number)",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average()
+        );
         println!("jobs per drain: {}", self.jobs);
         println!("config (every run; scenario 4 lists two databases):");
         for line in self
