@@ -665,14 +665,13 @@ BEGIN
                   FOR NO KEY UPDATE SKIP LOCKED))
         RETURNING j.id, j.claim, j.attempts, coalesce(j.run_as, j.owner) AS role, j.timeout,
                   j.transactional, j.job_priority)
-    SELECT c.id, c.claim, c.attempts, r.oid,
+    SELECT c.id, c.claim, c.attempts, to_regrole(quote_ident(c.role))::oid,
            -- Clamped: no interval a submitter writes may break the claim of a whole queue.
            CASE WHEN c.timeout IS NOT NULL
                 THEN greatest(0, least(ceil(extract(epoch FROM c.timeout) * 1000), 1e15))::bigint
            END,
            c.transactional
       FROM claimed c
-      LEFT JOIN pg_roles r ON r.rolname = c.role
      ORDER BY c.job_priority DESC, c.id;
 END
 $$;
@@ -737,8 +736,7 @@ BEGIN
              EXECUTE pg_catalog.current_setting(''broker.execute_str'');
              -- Nothing of the job may run later as the broker: deferred triggers fire and
              -- held cursors close here, as the job''s role.
-             SET CONSTRAINTS ALL IMMEDIATE;
-             EXECUTE ''CLOSE ALL'';
+             EXECUTE ''SET CONSTRAINTS ALL IMMEDIATE; CLOSE ALL'';
          END
          $runner$', runner);
     EXECUTE format('REVOKE ALL ON FUNCTION broker_exec.%I() FROM PUBLIC', runner);
@@ -770,8 +768,9 @@ DECLARE
     role name;
     job_sql text;
 BEGIN
-    SELECT b.status, b.claim, b.run_as, b.owner, b.job_language, b.execute_str, b.user_login
-      INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE SKIP LOCKED;
+    SELECT b.status, b.claim, b.run_as, b.owner, b.job_language, b.execute_str, b.user_login,
+           EXISTS (SELECT 1 FROM broker_cancel_requests r WHERE r.job_id = b.id) AS cancelled
+      INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE OF b SKIP LOCKED;
     IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM broker_jobs WHERE id = p_id) THEN
             RAISE EXCEPTION 'job % is locked by another session; it runs once that lock is gone', p_id
@@ -783,7 +782,7 @@ BEGIN
         RAISE EXCEPTION 'job % is not held by claim % (status %)', p_id, p_claim, j.status
             USING ERRCODE = '55000';
     END IF;
-    IF EXISTS (SELECT 1 FROM broker_cancel_requests WHERE job_id = p_id) THEN
+    IF j.cancelled THEN
         RAISE EXCEPTION 'job % was cancelled before it started', p_id USING ERRCODE = '57014';
     END IF;
     role := coalesce(j.run_as, j.owner);
@@ -802,14 +801,15 @@ BEGIN
                     ELSE j.execute_str END;
     -- statement_timeout applies from the caller's next statement, the job's: PostgreSQL arms
     -- it afresh for each statement of a multi-statement query.
+    -- A transactional job's SQL reaches its runner through broker.execute_str.
     PERFORM set_config('application_name', left('pgsql-broker job ' || p_id, 63), p_local),
             set_config('broker.job_id', p_id::text, p_local),
             set_config('broker.user_login', coalesce(j.user_login, ''), p_local),
-            set_config('statement_timeout', greatest(p_timeout_ms, 0)::text, p_local);
+            set_config('statement_timeout', greatest(p_timeout_ms, 0)::text, p_local),
+            set_config('broker.execute_str', CASE WHEN p_local THEN job_sql ELSE '' END, true);
     IF p_local THEN
         -- The row is written once, when the job ends (with the start of the message that ran
         -- it): within the batch's transaction nobody could see it earlier anyway.
-        PERFORM set_config('broker.execute_str', job_sql, true);
         RETURN NULL;
     END IF;
     -- Outside a transaction the start commits at once: operators see it running.
@@ -836,28 +836,43 @@ DECLARE
     started timestamptz;
     new_status text;
     stmt text;
+    stmts text[];
+    unlocked boolean;
+    listening boolean;
+    completed boolean;
 BEGIN
     -- Undo what the job may have left in the session that outlives it and that neither a
     -- rollback nor the caller's RESET ALL (a top-level statement before this one) undoes:
     -- prepared statements, temp objects (pg_temp comes first in a default search_path, so a
     -- temp table could stand in for another role's table), LISTEN, session advisory locks.
     -- Cursors close in the runner or with a rolled-back savepoint.
-    FOR stmt IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
+    SELECT pg_advisory_unlock_all() IS NULL,
+           (SELECT array_agg(name) FROM pg_prepared_statements WHERE from_sql),
+           EXISTS (SELECT 1 FROM pg_listening_channels())
+      INTO STRICT unlocked, stmts, listening;
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP
         EXECUTE format('DEALLOCATE %I', stmt);
     END LOOP;
     IF pg_my_temp_schema() <> 0 THEN
         EXECUTE 'DISCARD TEMP';
     END IF;
-    UNLISTEN *;
-    PERFORM pg_advisory_unlock_all();
+    IF listening THEN
+        UNLISTEN *;
+    END IF;
     IF p_status = 'completed' THEN
         -- The common case, in one statement: broker_run holds the row for this transaction.
-        UPDATE broker_jobs SET status = 'completed', error_text = NULL, backend_pid = NULL,
-                               started_at = coalesce(started_at, statement_timestamp()),
-                               completed_at = clock_timestamp()
-         WHERE id = p_id AND status = 'running' AND claim = p_claim;
-        IF FOUND THEN
-            DELETE FROM broker_cancel_requests WHERE job_id = p_id;
+        WITH done AS (
+            UPDATE broker_jobs SET status = 'completed', error_text = NULL, backend_pid = NULL,
+                                   started_at = coalesce(started_at, statement_timestamp()),
+                                   completed_at = clock_timestamp()
+             WHERE id = p_id AND status = 'running' AND claim = p_claim
+            RETURNING id
+        ), late AS (
+            -- A cancel that came too late for the job is dropped with it.
+            DELETE FROM broker_cancel_requests r USING done WHERE r.job_id = done.id
+        )
+        SELECT count(*) = 1 INTO completed FROM done;
+        IF completed THEN
             RETURN 'completed';
         END IF;
     END IF;
