@@ -759,8 +759,8 @@ $$;
 -- runner through broker.execute_str; the caller gets it back for a job outside a transaction,
 -- which runs in the broker's own session where RESET ROLE is possible, so it may only run as a
 -- role that already has every privilege of the broker's login (its role is set here).
-CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean,
-                                      p_timeout_ms bigint)
+CREATE OR REPLACE FUNCTION broker_run(p_id bigint, p_claim bigint, p_local boolean DEFAULT true,
+                                      p_timeout_ms bigint DEFAULT 0)
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -368,7 +368,7 @@ impl Default for BrokerConfig {
             shutdown_timeout_sec: 30,
             default_job_timeout: Duration::ZERO,
             max_job_timeout: Duration::ZERO,
-            batch_max_ms: 5,
+            batch_max_ms: 20,
             max_job_size: 1024 * 1024,
             evict_lock_holders: true,
             retention_completed: Duration::from_secs(7 * 86_400),

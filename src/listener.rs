@@ -345,6 +345,11 @@ fn claim_for(
         let jobs = claim.claim(client, i as i32 + 1, instance.id, limit as i32)?;
         shared.note_claimed(jobs.iter().map(|j| j.id));
         let got = jobs.len();
+        log::trace!(
+            "database {}: claimed {got} job(s) of queue {}",
+            shared.db.name,
+            i + 1
+        );
         let _whole = shared.sending(i as i32 + 1);
         for job in jobs {
             if tx.try_send(job).is_err() {
@@ -374,6 +379,11 @@ fn listen(
     let Some(first) = notifications.timeout_iter(wait).next()? else {
         return Ok(());
     };
+    log::trace!(
+        "database {}: notified ({:?})",
+        shared.db.name,
+        first.payload()
+    );
     let mut rest = notifications.iter().take(MAX_NOTIFICATIONS_PER_TICK);
     let mut next = Some(first);
     while let Some(n) = next.take() {

@@ -185,6 +185,30 @@ impl Worker<'_> {
         if !db::is_statement_error(&e) {
             return Err(self.lost(job, e, took));
         }
+        if db::is_not_startable(&e) {
+            // No attempt happened: the job is left to its lock holder or new claimant (recovery
+            // hands a locked one back once the lock is gone).
+            log::info!(
+                "database {}: job {} not started: {}",
+                self.shared.db.name,
+                job.id,
+                describe(&e)
+            );
+            let undo = self
+                .conn
+                .as_mut()
+                .map(|c| c.batch_execute(&execute::abandon(commit)));
+            self.shared.release([job.id]);
+            return match undo {
+                Some(Err(e)) => Err(self.lost(job, e, took)),
+                _ => {
+                    if commit {
+                        self.committed();
+                    }
+                    Ok(())
+                }
+            };
+        }
         let outcome = self.outcome_of(job, &e);
         let record = execute::failure(&schema, job, &outcome, took, commit);
         let result = match self.conn.as_mut() {
@@ -255,6 +279,16 @@ impl Worker<'_> {
         self.conn = Some(c);
         let result = match result {
             Ok(result) => result,
+            Err(e) if db::is_not_startable(&e) => {
+                log::info!(
+                    "database {}: job {} not started: {}",
+                    self.shared.db.name,
+                    job.id,
+                    describe(&e)
+                );
+                self.shared.release([job.id]);
+                return Ok(());
+            }
             Err(e) if db::is_statement_error(&e) => {
                 let outcome = self.outcome_of(job, &e);
                 self.record_alone(job, outcome, started.elapsed());
