@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use pgsql_broker::config::DatabaseConfig;
+use pgsql_broker::DatabaseConfig;
 use pgsql_broker::{Broker, Config};
 
 #[test]
