@@ -10,12 +10,16 @@
 //! Settings come from `BROKER_HOST`, `BROKER_PORT`, `BROKER_USER`, `BROKER_PASSWORD`,
 //! `BROKER_DATABASE` and `BROKER_QUEUES`, with the defaults below. SIGTERM or Ctrl-C drains
 //! the running jobs and exits; a second signal exits at once.
+//!
+//! The program brings its own logger (simplelog here; any `log` implementation will do) and its
+//! own signal handling, which stops the broker through a `StopHandle` from another thread.
 
 use std::process::ExitCode;
 use std::str::FromStr;
 
-use pgsql_broker::config::Secret;
-use pgsql_broker::{Broker, Config, DatabaseConfig};
+use pgsql_broker::{Broker, Config, DatabaseConfig, Secret, StopHandle};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// `name` from the environment, or `default` when it is unset or empty.
 fn setting(name: &str, default: &str) -> String {
@@ -47,6 +51,32 @@ fn config() -> Result<Config, String> {
     Ok(config)
 }
 
+/// The broker logs through the `log` facade; the driver's own targets are left out, as they
+/// would log every statement with its parameters.
+fn init_logging() -> Result<(), log::SetLoggerError> {
+    let config = simplelog::ConfigBuilder::new()
+        .add_filter_ignore_str("tokio_postgres")
+        .add_filter_ignore_str("postgres")
+        .build();
+    simplelog::SimpleLogger::init(log::LevelFilter::Info, config)
+}
+
+/// The first SIGTERM or SIGINT drains the broker; a second one exits at once.
+fn stop_on_signals(stop: StopHandle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if stop.is_stopped() {
+                log::warn!("signal {signal} during shutdown: exiting now");
+                std::process::exit(1);
+            }
+            log::info!("signal {signal}: draining (a second signal exits at once)");
+            stop.stop();
+        }
+    });
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let config = match config() {
         Ok(c) => c,
@@ -55,7 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = pgsql_broker::logging::init(&config.logging, false) {
+    if let Err(e) = init_logging() {
         eprintln!("embedded: {e}");
         return ExitCode::from(1);
     }
@@ -67,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(1, 255) as u8);
         }
     };
-    if let Err(e) = pgsql_broker::shutdown::install(broker.stop_handle()) {
+    if let Err(e) = stop_on_signals(broker.stop_handle()) {
         eprintln!("embedded: cannot install signal handlers: {e}");
         broker.stop();
         // Already failing; the drain's own error would add nothing.

@@ -10,8 +10,9 @@ use argh::FromArgs;
 
 use crate::broker::Broker;
 use crate::config::{self as cfg, Config, ConfigError, DatabaseConfig};
-use crate::db::{self, describe, NewJob};
+use crate::db::{self, describe};
 use crate::error::Error;
+use crate::job::{self, NewJob};
 use crate::{cron, install, logging, shutdown};
 use postgres::error::SqlState;
 
@@ -520,15 +521,14 @@ fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
     let db = add_target(config, cmd).map_err(Error::Runtime)?;
     let mut client = db::connect(db)?;
     let job = NewJob {
-        name: cmd.name.clone(),
-        sql: cmd.sql.clone(),
         queue: cmd.queue,
         priority: cmd.priority,
         language: cmd.language.clone(),
         run_as: cmd.run_as.clone(),
         user_login: cmd.user_login.clone(),
+        ..NewJob::new(&cmd.name, &cmd.sql)
     };
-    match db::add_job(&mut client, &job) {
+    match job::add(&mut client, &job) {
         Ok(id) => {
             println!("{id}");
             Ok(0)

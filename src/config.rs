@@ -15,14 +15,19 @@ use serde::{Deserialize, Deserializer};
 /// Prefix of every environment variable the broker reads (besides the libpq `PG*` ones).
 pub const ENV_PREFIX: &str = "PGSQL_BROKER_";
 
-/// The whole configuration of one broker process.
+/// The whole configuration of one broker process: built in code with [`Config::new`], or
+/// loaded with [`Config::load`] (a file and the environment, as the command does) or
+/// [`Config::from_file`]. [`Broker::start`](crate::Broker::start) validates it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The databases served, each with its own listener, queues and workers.
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
+    /// Settings shared by every database.
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// How the `pgsql-broker` command logs; the library installs no logger and ignores it.
     #[serde(default)]
     pub logging: LoggingConfig,
     /// Problems worth a warning that do not stop the broker (e.g. a config file others can read
@@ -31,26 +36,34 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// One database the broker serves.
+/// One database the broker serves, and how to connect to it. [`DatabaseConfig::new`] gives
+/// the defaults: `localhost:5432`, the operating-system user, `sslmode` `disable`, up to 25
+/// pooled connections, 4 queues.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Name used in logs, `--database` and environment variables; defaults to `database`.
     #[serde(default)]
     pub name: String,
+    /// Host name, IP address, or the directory of a Unix socket (starting with `/`).
     #[serde(default = "default_host")]
     pub host: String,
+    /// TCP port (or the socket's number).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The database's name on the server.
     pub database: String,
+    /// The role the broker logs in as.
     #[serde(default = "default_user")]
     pub user: String,
-    /// The password; else `password_file`, else the pgpass file (see [`DatabaseConfig::find_password`]).
+    /// The password; else `password_file`, else the pgpass file (`PGPASSFILE` or `~/.pgpass`,
+    /// as in libpq). An empty password counts as none.
     #[serde(default)]
     pub password: Option<Secret>,
     /// A file whose first line is the password, e.g. a systemd credential or a mounted secret.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS, with libpq's meaning of each mode.
     #[serde(default)]
     pub sslmode: SslMode,
     /// CA certificate(s) (PEM) that vouch for the server; `system` for the system's CA bundle.
@@ -62,20 +75,25 @@ pub struct DatabaseConfig {
     /// Private key (PEM, unencrypted) of `sslcert`.
     #[serde(default)]
     pub sslkey: Option<PathBuf>,
+    /// Size of the workers' connection pool (the listener has one connection of its own).
     #[serde(default = "default_max_open_conns")]
     pub max_open_conns: u32,
+    /// Pooled connections kept open while idle.
     #[serde(default = "default_max_idle_conns")]
     pub max_idle_conns: u32,
+    /// A pooled connection is closed once it is this old.
     #[serde(
         default = "default_conn_max_lifetime",
         deserialize_with = "de_duration"
     )]
     pub conn_max_lifetime: Duration,
+    /// A pooled connection idle this long is closed.
     #[serde(
         default = "default_conn_max_idle_time",
         deserialize_with = "de_duration"
     )]
     pub conn_max_idle_time: Duration,
+    /// Queues 1 to `queue_count` are served; jobs in higher queues wait.
     #[serde(default = "default_queue_count")]
     pub queue_count: u32,
 }
@@ -99,6 +117,7 @@ pub struct BrokerConfig {
     /// Wait before reconnecting a lost listener connection.
     #[serde(deserialize_with = "de_duration")]
     pub notify_retry_seconds: Duration,
+    /// Log at debug level at least (the command's logger).
     pub enable_debug: bool,
     /// Workers per queue; 1 keeps a queue strictly serial in priority order.
     pub workers_per_queue: u32,
@@ -132,10 +151,14 @@ pub struct BrokerConfig {
     pub standby: bool,
 }
 
+/// How the `pgsql-broker` command logs. An embedding program installs its own `log`
+/// implementation instead (see the [crate documentation](crate#logging)).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
+    /// The least severe level logged.
     pub level: LogLevel,
+    /// Text lines or JSON lines on stderr.
     pub format: LogFormat,
 }
 
@@ -153,8 +176,10 @@ pub enum LogLevel {
 /// `logging.format`; written in any case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
+    /// One line per event: time, level, message.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -208,7 +233,17 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
-/// libpq's `sslmode`; what each mode checks is described in [`crate::tls`].
+/// libpq's `sslmode`, on rustls (no system OpenSSL):
+///
+/// | sslmode | encrypts | verifies the chain | verifies the host name |
+/// |---|---|---|---|
+/// | `disable` | no | | |
+/// | `allow`, `prefer` | if the server offers it | no | no |
+/// | `require` | yes | only if a root certificate is there (as libpq) | no |
+/// | `verify-ca` | yes | yes | no |
+/// | `verify-full` | yes | yes | yes |
+///
+/// The root certificate is `sslrootcert`; `sslcert` and `sslkey` are the client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
@@ -241,6 +276,7 @@ impl SslMode {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a password so that `Debug` shows `"***"`.
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
     }
@@ -259,22 +295,17 @@ impl fmt::Debug for Secret {
 /// A configuration problem, naming the key, variable or file at fault.
 #[derive(Debug)]
 pub enum ConfigError {
+    /// A config file cannot be read.
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    Parse {
-        path: PathBuf,
-        message: String,
-    },
-    Invalid {
-        key: String,
-        message: String,
-    },
-    Env {
-        var: String,
-        message: String,
-    },
+    /// A config file does not parse, or holds an unknown key.
+    Parse { path: PathBuf, message: String },
+    /// A setting's value is not usable.
+    Invalid { key: String, message: String },
+    /// A `PGSQL_BROKER_*` or libpq variable is not usable.
+    Env { var: String, message: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -412,8 +443,17 @@ impl DatabaseConfig {
         }
     }
 
+    /// A connection to this database with the settings the broker itself uses (TLS per
+    /// `sslmode`, the password from `password`, `password_file` or pgpass), e.g. to
+    /// [`submit`](crate::submit) jobs. Not pooled: keep it for as long as it is useful.
+    pub fn connect(&self) -> Result<postgres::Client, crate::Error> {
+        crate::db::connect(self)
+    }
+
     /// One database from the libpq environment, as psql would connect with no arguments.
-    pub fn from_libpq_env(env: &BTreeMap<String, String>) -> Result<DatabaseConfig, ConfigError> {
+    pub(crate) fn from_libpq_env(
+        env: &BTreeMap<String, String>,
+    ) -> Result<DatabaseConfig, ConfigError> {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         let user = get("PGUSER").unwrap_or_else(os_user);
         let mut db = DatabaseConfig::new(get("PGDATABASE").unwrap_or_else(|| user.clone()));
@@ -501,8 +541,10 @@ impl Config {
 
     /// Loads what the process runs with: the file at `path`, or without one the databases the
     /// `PGSQL_BROKER_DB_<NAME>_<KEY>` variables define, or without those one database from the
-    /// libpq environment; then the `PGSQL_BROKER_*` variables from `env`, then validation.
-    /// [`Config::discover`] also finds the file.
+    /// libpq environment; then the `PGSQL_BROKER_*` variables from `env`, then validation,
+    /// then the files the databases name (certificates, key, password file, pgpass) are read
+    /// once so a bad one is an error naming its key. Problems that do not stop the broker are
+    /// in [`Config::warnings`].
     pub fn load(
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
@@ -536,7 +578,7 @@ impl Config {
     /// exists ([`search_path`]: `./broker.yaml`, `./broker.json`,
     /// `/etc/pgsql-broker/broker.yaml`); with none, the environment alone. A file named by
     /// `explicit` or the variable must exist. Returns what was used, for the start-up log.
-    pub fn discover(
+    pub(crate) fn discover(
         explicit: Option<&Path>,
         env: &BTreeMap<String, String>,
         search: &[(PathBuf, FileOrigin)],
@@ -586,7 +628,10 @@ impl Config {
     /// so that a bad file is a configuration error at start, naming its key, and a pgpass file
     /// others can read is a warning. Connections read the files again: a rotated password file
     /// is picked up by new connections.
-    pub fn check_files(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    pub(crate) fn check_files(
+        &mut self,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
         let pgpass = pgpass_path(|var| env.get(var).cloned());
         for (i, db) in self.databases.iter().enumerate() {
             let prefix = format!("databases[{i}]");
@@ -619,7 +664,7 @@ impl Config {
     /// configured database define a new one, named `<NAME>` in lower case, if one of them is
     /// `PGSQL_BROKER_DB_<NAME>_DATABASE`; without it they are an error. New databases come after
     /// the configured ones, in the order of their names.
-    pub fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    pub(crate) fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
         // (variable, NAME, KEY, value) of each database variable.
         let mut db_vars: Vec<(&String, String, &'static str, &String)> = Vec::new();
         for (var, value) in env {
@@ -788,17 +833,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The database called `name`, for `--database`.
-    pub fn database(&self, name: &str) -> Result<&DatabaseConfig, ConfigError> {
-        self.databases
-            .iter()
-            .find(|db| db.name == name)
-            .ok_or_else(|| ConfigError::Invalid {
-                key: "--database".into(),
-                message: format!("no database named {name:?} in the configuration"),
-            })
-    }
 }
 
 impl BrokerConfig {
@@ -830,7 +864,7 @@ impl BrokerConfig {
 
 impl LoggingConfig {
     /// Sets `level` or `format` from text, as the environment and flags give them.
-    pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+    pub(crate) fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         match key {
             "level" => self.level = v.parse()?,
             "format" => self.format = v.parse()?,
@@ -878,7 +912,7 @@ impl DatabaseConfig {
     /// `PGSQL_BROKER_DB_<NAME>_PASSWORD`; `PGPASSWORD` without a config file), then
     /// `password_file`, then the pgpass file `pgpass` (libpq's `~/.pgpass` or `PGPASSFILE`).
     /// An empty password counts as none, as in libpq. Errors name the key, never the password.
-    pub fn find_password(&self, pgpass: Option<&Path>) -> Result<FoundPassword, KeyError> {
+    pub(crate) fn find_password(&self, pgpass: Option<&Path>) -> Result<FoundPassword, KeyError> {
         let mut found = FoundPassword::default();
         if let Some(p) = self.password.as_ref().filter(|p| !p.0.is_empty()) {
             found.password = Some(p.clone());

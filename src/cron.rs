@@ -146,12 +146,8 @@ impl Cron {
         })
     }
 
-    /// The expression as written (trimmed).
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// True for `@every`, whose fire times depend on an anchor rather than the calendar.
+    #[cfg(test)]
     pub fn is_interval(&self) -> bool {
         matches!(self.spec, Spec::Every(_))
     }

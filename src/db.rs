@@ -215,14 +215,7 @@ pub fn is_transient(e: &postgres::Error) -> bool {
     })
 }
 
-/// A deadlock or serialization failure: the same statement may well succeed when run again.
-pub fn is_transient_conflict(e: &postgres::Error) -> bool {
-    matches!(
-        e.code(),
-        Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
-    )
-}
-
+/// The statement was cancelled (57014): a cancel request or a statement timeout.
 pub fn is_query_canceled(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::QUERY_CANCELED)
 }
@@ -483,34 +476,6 @@ pub fn broker_schema(c: &mut Client) -> Result<String, postgres::Error> {
 pub fn publish_setting(c: &mut Client, name: &str, value: &str) -> Result<(), postgres::Error> {
     c.execute("SELECT broker_publish_setting($1, $2)", &[&name, &value])
         .map(drop)
-}
-
-/// A job as `pgsql-broker add` submits it.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub name: String,
-    pub sql: String,
-    pub queue: i32,
-    pub priority: i32,
-    pub language: String,
-    pub run_as: Option<String>,
-    pub user_login: Option<String>,
-}
-
-pub fn add_job(c: &mut Client, job: &NewJob) -> Result<i64, postgres::Error> {
-    let row = c.query_one(
-        "SELECT broker_add_job($1, $2, $3, $4, $5, $6::text::name, $7)",
-        &[
-            &job.name,
-            &job.sql,
-            &job.queue,
-            &job.priority,
-            &job.language,
-            &job.run_as,
-            &job.user_login,
-        ],
-    )?;
-    Ok(row.get(0))
 }
 
 /// The lines of `pgsql-broker status`: the active instance, then job counts per queue and

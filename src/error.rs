@@ -5,7 +5,10 @@ use std::fmt;
 use crate::config::ConfigError;
 use crate::db::describe;
 
+/// What went wrong, naming the database (or job) and what the broker was doing. New variants
+/// may be added.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration is unusable; the CLI exits 2.
     Config(ConfigError),
@@ -27,6 +30,11 @@ pub enum Error {
     },
     /// Another broker instance holds the database.
     InstanceActive { database: String, message: String },
+    /// `broker_add_job` refused the job [`submit`](crate::submit)ted, or the statement failed.
+    Submit {
+        job: String,
+        source: postgres::Error,
+    },
     /// Anything else that stops the broker, e.g. a thread that could not be started.
     Runtime(String),
 }
@@ -73,12 +81,25 @@ impl fmt::Display for Error {
             Error::InstanceActive { database, message } => {
                 write!(f, "database {database}: {message}")
             }
+            Error::Submit { job, source } => {
+                write!(f, "job {job:?} not submitted: {}", describe(source))
+            }
             Error::Runtime(message) => f.write_str(message),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Connect { source, .. }
+            | Error::Sql { source, .. }
+            | Error::Submit { source, .. } => Some(source),
+            Error::Schema { .. } | Error::InstanceActive { .. } | Error::Runtime(_) => None,
+        }
+    }
+}
 
 impl From<ConfigError> for Error {
     fn from(e: ConfigError) -> Self {

@@ -4,39 +4,122 @@
 //! Data flows one way: notification → claim (the listener) → a queue's channel → the queue's
 //! workers, which run each job and record its result (`broker_set`) in the same transaction.
 //!
+//! # The library
+//!
+//! The `pgsql-broker` command is a thin layer over this crate; a program can embed the broker
+//! instead. What it needs is re-exported here, and nothing else is public:
+//!
+//! - [`Config`], built in code ([`Config::new`] with [`DatabaseConfig::new`]) or loaded
+//!   ([`Config::load`] for a file plus `PGSQL_BROKER_*` variables, [`Config::from_file`]),
+//!   with its parts [`DatabaseConfig`], [`BrokerConfig`], [`LoggingConfig`] and the small
+//!   types of their fields: [`SslMode`], [`Secret`], [`LogLevel`], [`LogFormat`].
+//! - [`Broker`]: [`Broker::start`] serves the configured databases (and installs a missing
+//!   schema); [`Broker::stop`] or a [`StopHandle`] from any thread begins the graceful drain;
+//!   [`Broker::wait`] returns when it is over.
+//! - [`NewJob`] and [`submit`]: add a job through `broker_add_job`, on any connection or
+//!   inside the caller's own transaction. [`DatabaseConfig::connect`] opens a connection with
+//!   the broker's own settings (TLS, password file, pgpass).
+//! - [`Error`] and [`ConfigError`]: each says which database, key or job is at fault.
+//!
+//! # Logging
+//!
+//! The broker logs through the [`log`](https://docs.rs/log) facade and installs no logger of
+//! its own: install any `log` implementation (env_logger, simplelog, a tracing bridge) before
+//! [`Broker::start`], and filter by target (`pgsql_broker::listener`, `pgsql_broker::worker`,
+//! …). Without one, the broker is silent. The database driver logs every statement with its
+//! parameters at debug level under the targets `tokio_postgres` and `postgres`; filter those out
+//! to keep job SQL and its data out of the log. The command's text and JSON output are the
+//! command's business and not part of the library.
+//!
+//! # No database-adapter trait
+//!
+//! Connections are described by [`DatabaseConfig`] (host, port, user, password or
+//! `password_file` or pgpass, `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, pool sizes) and
+//! TLS is built in (rustls, with libpq's sslmode semantics), which covers what an embedder
+//! would bring its own adapter for. A trait would have to hand out the worker pool and the
+//! LISTEN connection, which is where every guarantee lives (keepalives, cancel requests over
+//! the same TLS, one active instance per database), so it does not earn its place now.
+//!
+//! # Examples
+//!
+//! A configuration built in code, started, and stopped from another thread:
+//!
 //! ```no_run
-//! use pgsql_broker::{Broker, Config, DatabaseConfig};
-//! let broker = Broker::start(Config::new(vec![DatabaseConfig::new("app")]))?;
-//! // ... later, e.g. on shutdown:
-//! broker.stop();
-//! broker.wait()?;
+//! use pgsql_broker::{Broker, Config, DatabaseConfig, Secret};
+//!
+//! let mut db = DatabaseConfig::new("app");
+//! db.host = "db.internal".into();
+//! db.user = "broker".into();
+//! db.password = Some(Secret::new("s3cret"));
+//! db.queue_count = 4;
+//! let mut config = Config::new(vec![db]);
+//! config.broker.name = "my-service".into();
+//!
+//! let broker = Broker::start(config)?;
+//! let stop = broker.stop_handle();
+//! std::thread::spawn(move || {
+//!     // e.g. on a shutdown request
+//!     stop.stop();
+//! });
+//! broker.wait()?; // returns once the running jobs have drained
+//! # Ok::<(), pgsql_broker::Error>(())
+//! ```
+//!
+//! A configuration loaded from a file and the `PGSQL_BROKER_*` environment, as the command
+//! loads it (then validated, and the files it names checked):
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use std::path::Path;
+//!
+//! let env: BTreeMap<String, String> = std::env::vars().collect();
+//! let config = pgsql_broker::Config::load(Some(Path::new("/etc/my-service/broker.yaml")), &env)?;
+//! for warning in &config.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! # Ok::<(), pgsql_broker::ConfigError>(())
+//! ```
+//!
+//! Submitting a job:
+//!
+//! ```no_run
+//! use pgsql_broker::{submit, DatabaseConfig, NewJob};
+//!
+//! let mut client = DatabaseConfig::new("app").connect()?;
+//! let mut job = NewJob::new("nightly-report", "CALL build_report()");
+//! job.queue = 2;
+//! job.max_attempts = 3;
+//! let id = submit(&mut client, &job)?;
+//! println!("job {id} submitted");
 //! # Ok::<(), pgsql_broker::Error>(())
 //! ```
 
 /// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
 mod acquire;
 /// Starting and stopping the whole broker.
-pub mod broker;
+mod broker;
 /// The command line.
-pub mod cli;
+mod cli;
 /// Configuration: file, environment, flags, libpq defaults.
-pub mod config;
+mod config;
 /// Cron expressions and their fire times in a time zone.
-pub mod cron;
+mod cron;
 /// The database adapter: connections, pool, typed calls of the SQL API.
-pub mod db;
+mod db;
 /// The error type.
-pub mod error;
+mod error;
 /// The statements that run a claimed job, and what they return.
 mod execute;
 /// The embedded schema and its installer.
-pub mod install;
+mod install;
 /// The single active instance per database.
-pub mod instance;
+mod instance;
+/// Submitting jobs.
+mod job;
 /// Per database: LISTEN, poll, heartbeat, drain.
 mod listener;
-/// Text and JSON log output.
-pub mod logging;
+/// Text and JSON log output of the command.
+mod logging;
 /// Due schedules become jobs (called from the listener's poll).
 mod scheduler;
 /// What the listener and workers of a database share.
@@ -44,12 +127,31 @@ mod shared;
 /// Standby processes sharing databases out among themselves.
 mod sharing;
 /// SIGTERM/SIGINT handling.
-pub mod shutdown;
+mod shutdown;
 /// TLS for database connections with libpq's sslmode semantics (rustls).
-pub mod tls;
+mod tls;
 /// Per queue: claim and run jobs.
 mod worker;
 
 pub use broker::{Broker, StopHandle};
-pub use config::{Config, DatabaseConfig};
+pub use config::{
+    BrokerConfig, Config, ConfigError, DatabaseConfig, LogFormat, LogLevel, LoggingConfig, Secret,
+    SslMode,
+};
 pub use error::Error;
+pub use job::{submit, NewJob};
+
+/// The `pgsql-broker` command with its arguments (without the program name); returns the exit
+/// code. For the binary only.
+#[doc(hidden)]
+pub fn run_cli(args: &[String]) -> i32 {
+    cli::main(args)
+}
+
+/// Internals the integration tests check against; not part of the API.
+#[doc(hidden)]
+pub mod test_support {
+    pub use crate::db::{cancel, connect, is_query_canceled, try_pool};
+    pub use crate::install::SCHEMA_VERSION;
+    pub use crate::instance::hostname;
+}

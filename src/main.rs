@@ -2,5 +2,5 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(pgsql_broker::cli::main(&args));
+    std::process::exit(pgsql_broker::run_cli(&args));
 }

@@ -11,9 +11,12 @@ use signal_hook::iterator::Signals;
 pub struct StopHandle(Arc<AtomicBool>);
 
 impl StopHandle {
+    /// Begins the broker's drain (no new claims; running jobs get `shutdown_timeout_sec`).
+    /// Calling it again does nothing more.
     pub fn stop(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
+    /// True once [`stop`](Self::stop) was called.
     pub fn is_stopped(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }

@@ -683,7 +683,7 @@ fn the_pool_keeps_at_most_max_idle_conns_idle() {
     target.user = user();
     target.max_open_conns = 6;
     target.max_idle_conns = 2;
-    let pool = pgsql_broker::db::try_pool(&target).expect("pool");
+    let pool = pgsql_broker::test_support::try_pool(&target).expect("pool");
     let busy: Vec<_> = (0..5).map(|_| pool.get().expect("connection")).collect();
     assert_eq!(pool.state().connections, 5);
     drop(busy);

@@ -34,7 +34,10 @@ fn install_verify_and_reinstall() {
 
     let out = cli(&db, &["install"]);
     assert!(out.status.success(), "{}", out.stderr);
-    let expected = format!("version 0 -> {}", pgsql_broker::install::SCHEMA_VERSION);
+    let expected = format!(
+        "version 0 -> {}",
+        pgsql_broker::test_support::SCHEMA_VERSION
+    );
     assert!(out.stdout.contains(&expected), "{}", out.stdout);
 
     let out = cli(&db, &["install", "--verify-only"]);

@@ -15,7 +15,10 @@ fn second_instance_is_refused_naming_the_first() {
     let log = second.log();
     assert!(log.contains("another broker instance is active"), "{log}");
     assert!(log.contains(&format!("pid {}", first.pid())), "{log}");
-    assert!(log.contains(&pgsql_broker::instance::hostname()), "{log}");
+    assert!(
+        log.contains(&pgsql_broker::test_support::hostname()),
+        "{log}"
+    );
     // The first one is untouched and still serving.
     let id = db.add_job("broker_add_job('still', 'SELECT 1')");
     db.wait_status(id, "completed");

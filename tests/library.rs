@@ -2,8 +2,8 @@
 
 mod common;
 use common::*;
-use pgsql_broker::config::DatabaseConfig;
-use pgsql_broker::{Broker, Config};
+use pgsql_broker::{submit, Broker, Config, DatabaseConfig, Error, NewJob};
+use std::time::{Duration, SystemTime};
 
 #[test]
 fn embedded_broker_runs_jobs_and_drains() {
@@ -51,4 +51,61 @@ fn start_fails_cleanly_when_the_database_is_unreachable() {
         err.to_string().contains("database nowhere: cannot connect"),
         "{err}"
     );
+}
+
+#[test]
+fn submit_adds_a_job_the_broker_runs() {
+    let db = TestDb::new();
+    let mut target = DatabaseConfig::new(&db.name);
+    target.host = host();
+    target.port = port();
+    target.user = user();
+    target.queue_count = 2;
+    target.max_open_conns = 2;
+    let broker = Broker::start(Config::new(vec![target.clone()])).expect("broker starts");
+    db.exec("CREATE TABLE t (x int)");
+
+    let mut client = target.connect().expect("connect");
+    let mut job = NewJob::new("lib-submit", "INSERT INTO t VALUES (7)");
+    job.queue = 2;
+    job.priority = 5;
+    job.run_after = Some(SystemTime::now() - Duration::from_secs(60));
+    job.max_attempts = 3;
+    job.timeout = Some(Duration::from_millis(1500));
+    let id = submit(&mut client, &job).expect("submitted");
+    assert_eq!(
+        db.value(&format!(
+            "SELECT concat_ws(',', job_name, job_queue, job_priority, max_attempts, timeout) \
+             FROM broker_jobs WHERE id = {id}"
+        ))
+        .as_deref(),
+        Some("lib-submit,2,5,3,00:00:01.5")
+    );
+    db.wait_status(id, "completed");
+    assert_eq!(db.value("SELECT x FROM t").as_deref(), Some("7"));
+
+    // Inside the caller's transaction: nothing until it commits.
+    let mut tx = client.transaction().expect("begin");
+    let later = submit(&mut tx, &NewJob::new("lib-tx", "INSERT INTO t VALUES (8)")).expect("ok");
+    assert_eq!(
+        db.value(&format!(
+            "SELECT count(*) FROM broker_jobs WHERE id = {later}"
+        ))
+        .as_deref(),
+        Some("0")
+    );
+    tx.commit().expect("commit");
+    db.wait_status(later, "completed");
+
+    let err = submit(&mut client, &NewJob::new("empty-one", "")).expect_err("empty SQL is refused");
+    let message = err.to_string();
+    assert!(message.contains("\"empty-one\""), "{message}");
+    assert!(message.contains("SQLSTATE 22023"), "{message}");
+    assert!(
+        matches!(err, Error::Submit { ref job, .. } if job == "empty-one"),
+        "{err:?}"
+    );
+
+    broker.stop();
+    broker.wait().expect("clean drain");
 }

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use common::cluster::Cluster;
 use common::*;
-use pgsql_broker::config::SslMode;
-use pgsql_broker::{db, DatabaseConfig};
+use pgsql_broker::test_support as db;
+use pgsql_broker::{DatabaseConfig, SslMode};
 
 /// Certificates made for one test.
 struct Pki {

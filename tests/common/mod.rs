@@ -206,7 +206,7 @@ pub fn quote_ident(name: &str) -> String {
 
 /// How many rows `broker_schema_version` holds after a full install.
 pub fn schema_versions() -> String {
-    pgsql_broker::install::SCHEMA_VERSION.to_string()
+    pgsql_broker::test_support::SCHEMA_VERSION.to_string()
 }
 
 /// An error with the server's message, for test failure output.
