@@ -768,6 +768,10 @@ DECLARE
     role name;
     job_sql text;
 BEGIN
+    IF p_local THEN
+        -- What the previous job of this transaction left in the session goes first.
+        PERFORM broker_reset_session();
+    END IF;
     SELECT b.status, b.claim, b.run_as, b.owner, b.job_language, b.execute_str, b.user_login,
            EXISTS (SELECT 1 FROM broker_cancel_requests r WHERE r.job_id = b.id) AS cancelled
       INTO j FROM broker_jobs b WHERE b.id = p_id FOR NO KEY UPDATE OF b SKIP LOCKED;
@@ -808,9 +812,9 @@ BEGIN
             set_config('statement_timeout', greatest(p_timeout_ms, 0)::text, p_local),
             set_config('broker.execute_str', CASE WHEN p_local THEN job_sql ELSE '' END, true);
     IF p_local THEN
-        -- The row is written once, when the job ends (with the start of the message that ran
-        -- it): within the batch's transaction nobody could see it earlier anyway.
-        RETURN NULL;
+        -- The row is written once, when the batch ends (broker_complete), with this start
+        -- time: within the batch's transaction nobody could see it earlier anyway.
+        RETURN extract(epoch FROM clock_timestamp())::text;
     END IF;
     -- Outside a transaction the start commits at once: operators see it running.
     UPDATE broker_jobs SET started_at = clock_timestamp(), backend_pid = pg_backend_pid()
@@ -818,6 +822,68 @@ BEGIN
     -- set_config takes the role name as a value, never as SQL text.
     PERFORM set_config('role', role, false);
     RETURN job_sql;
+END
+$$;
+
+-- Undoes what a job may have left in the session that outlives it and that neither a rollback
+-- nor the caller's RESET ALL (a top-level statement after the job's) undoes: prepared
+-- statements, temp objects (pg_temp comes first in a default search_path, so a temp table
+-- could stand in for another role's table), LISTEN, session advisory locks. Cursors close in
+-- the runner or with a rolled-back savepoint. Runs before each job and when a batch ends.
+CREATE OR REPLACE FUNCTION broker_reset_session() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    stmt text;
+    stmts text[];
+    unlocked boolean;
+    listening boolean;
+BEGIN
+    SELECT pg_advisory_unlock_all() IS NULL,
+           (SELECT array_agg(name) FROM pg_prepared_statements WHERE from_sql),
+           EXISTS (SELECT 1 FROM pg_listening_channels())
+      INTO STRICT unlocked, stmts, listening;
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP
+        EXECUTE format('DEALLOCATE %I', stmt);
+    END LOOP;
+    IF pg_my_temp_schema() <> 0 THEN
+        EXECUTE 'DISCARD TEMP';
+    END IF;
+    IF listening THEN
+        UNLISTEN *;
+    END IF;
+END
+$$;
+
+-- Records the completion of transactional jobs that ran in the caller's transaction, in one
+-- statement when the worker's batch ends (its COMMIT follows): p_started is when each job's
+-- SQL began (seconds since the epoch, as broker_run returned it), p_ran_for how long it ran
+-- (the broker timed it).
+-- Returns the ids recorded completed; a job missing there changed hands meanwhile.
+CREATE OR REPLACE FUNCTION broker_complete(p_ids bigint[], p_claims bigint[],
+                                           p_started float8[], p_ran_for float8[])
+RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    done bigint[];
+BEGIN
+    PERFORM broker_reset_session();
+    -- `id = ANY` and array positions rather than a join with unnest(): the rows are found by
+    -- index, whatever the planner guesses of the arrays' length.
+    WITH finished AS (
+        UPDATE broker_jobs j
+           SET status = 'completed', error_text = NULL, backend_pid = NULL,
+               started_at = to_timestamp(p_started[array_position(p_ids, j.id)]),
+               completed_at = to_timestamp(p_started[array_position(p_ids, j.id)]
+                                           + p_ran_for[array_position(p_ids, j.id)])
+         WHERE j.id = ANY (p_ids) AND j.status = 'running'
+           AND j.claim = p_claims[array_position(p_ids, j.id)]
+        RETURNING j.id
+    ), late AS (
+        -- A cancel that came too late for its job is dropped with it.
+        DELETE FROM broker_cancel_requests r USING finished f WHERE r.job_id = f.id
+    )
+    SELECT array_agg(id) INTO done FROM finished;
+    RETURN coalesce(done, '{}');
 END
 $$;
 
@@ -835,30 +901,9 @@ DECLARE
     cancelled_by name;
     started timestamptz;
     new_status text;
-    stmt text;
-    stmts text[];
-    unlocked boolean;
-    listening boolean;
     completed boolean;
 BEGIN
-    -- Undo what the job may have left in the session that outlives it and that neither a
-    -- rollback nor the caller's RESET ALL (a top-level statement before this one) undoes:
-    -- prepared statements, temp objects (pg_temp comes first in a default search_path, so a
-    -- temp table could stand in for another role's table), LISTEN, session advisory locks.
-    -- Cursors close in the runner or with a rolled-back savepoint.
-    SELECT pg_advisory_unlock_all() IS NULL,
-           (SELECT array_agg(name) FROM pg_prepared_statements WHERE from_sql),
-           EXISTS (SELECT 1 FROM pg_listening_channels())
-      INTO STRICT unlocked, stmts, listening;
-    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP
-        EXECUTE format('DEALLOCATE %I', stmt);
-    END LOOP;
-    IF pg_my_temp_schema() <> 0 THEN
-        EXECUTE 'DISCARD TEMP';
-    END IF;
-    IF listening THEN
-        UNLISTEN *;
-    END IF;
+    PERFORM broker_reset_session();
     IF p_status = 'completed' THEN
         -- The common case, in one statement: broker_run holds the row for this transaction.
         WITH done AS (

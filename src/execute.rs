@@ -5,20 +5,22 @@
 //! ```text
 //! SAVEPOINT pgsql_broker_job;                 -- the job's effects stand or fall alone
 //! SELECT <schema>.broker_run(id, claim, true, <timeout ms>);
-//!                                             -- lock, check the claim, publish the job and
-//!                                             -- its statement_timeout (armed afresh for the
-//!                                             -- next statement)
+//!                                             -- clean up after the previous job; lock,
+//!                                             -- check the claim, publish the job and its
+//!                                             -- statement_timeout (armed afresh for the
+//!                                             -- next statement); return the start time
 //! SELECT broker_exec.run_<role oid>();        -- the job's SQL, as its role
 //! RESET ALL;                                  -- settings the job changed, whatever they were
-//! SELECT <schema>.broker_set(id, claim, 'completed', NULL, NULL);  -- clean up, record
 //! RELEASE SAVEPOINT pgsql_broker_job
 //! ```
 //!
-//! One round trip per job, no SQL text of the job on the wire, and nothing named that a job
-//! could redefine: every name is schema-qualified, the only values are integers, and
-//! `RESET ALL` runs before the broker's next statement (a failed job's settings go with its
-//! savepoint). If any statement fails, the server skips the rest; [`failure`] then rolls the
-//! job back to its savepoint and records the outcome in the same transaction.
+//! and the batch ends with [`complete`]: `broker_complete` records every job that ran, in one
+//! statement, then `COMMIT`. One round trip per job, no SQL text of the job on the wire, and
+//! nothing named that a job could redefine: every name (types too) is schema-qualified, the
+//! only values are numbers, and `RESET ALL` runs before the broker's next statement (a failed
+//! job's settings go with its savepoint). If any statement fails, the server skips the rest;
+//! [`failure`] then rolls the job back to its savepoint and records its outcome in the same
+//! transaction.
 
 use std::time::Duration;
 
@@ -62,52 +64,76 @@ fn timeout_ms(timeout: Option<Duration>) -> u64 {
     timeout.map_or(0, |t| (t.as_millis().max(1)).min(i32::MAX as u128) as u64)
 }
 
-/// The message that runs a transactional job; `begin` opens the batch transaction first and
-/// `commit` ends it after the job.
+/// The message that runs a transactional job; `begin` opens the batch transaction first. Its
+/// first row is the job's start ([`started`]).
 pub fn transactional(
     schema: &str,
     job: &Job,
     role: u32,
     timeout: Option<Duration>,
     begin: bool,
-    commit: bool,
 ) -> String {
     format!(
         "{begin}SAVEPOINT {SAVEPOINT}; SELECT {schema}.broker_run({id}, {claim}, true, {ms}); \
-         SELECT broker_exec.run_{role}(); RESET ALL; \
-         SELECT {schema}.broker_set({id}, {claim}, 'completed', NULL, NULL); \
-         RELEASE SAVEPOINT {SAVEPOINT}{commit}",
+         SELECT broker_exec.run_{role}(); RESET ALL; RELEASE SAVEPOINT {SAVEPOINT}",
         begin = if begin { "BEGIN; " } else { "" },
-        commit = if commit { "; COMMIT" } else { "" },
         id = job.id,
         claim = job.claim,
         ms = timeout_ms(timeout),
     )
 }
 
+/// When a [`transactional`] job began, in the server's clock (seconds since the epoch).
+pub fn started(messages: &[postgres::SimpleQueryMessage]) -> Option<f64> {
+    messages.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+        _ => None,
+    })
+}
+
+/// Ends a batch: records the jobs that ran (`(job, started, ran for)`) as completed, then
+/// commits. The row returned lists the ids recorded.
+pub fn complete(schema: &str, ran: &[(Job, f64, Duration)]) -> String {
+    if ran.is_empty() {
+        return "COMMIT".into();
+    }
+    let list = |f: &dyn Fn(&(Job, f64, Duration)) -> String| {
+        ran.iter().map(f).collect::<Vec<_>>().join(",")
+    };
+    format!(
+        "SELECT {schema}.broker_complete('{{{ids}}}'::pg_catalog.int8[], \
+         '{{{claims}}}'::pg_catalog.int8[], '{{{started}}}'::pg_catalog.float8[], \
+         '{{{ran_for}}}'::pg_catalog.float8[]); COMMIT",
+        ids = list(&|r| r.0.id.to_string()),
+        claims = list(&|r| r.0.claim.to_string()),
+        started = list(&|r| r.1.to_string()),
+        ran_for = list(&|r| r.2.as_secs_f64().to_string()),
+    )
+}
+
+/// The ids `broker_complete` returned (a text array).
+pub fn completed_ids(messages: &[postgres::SimpleQueryMessage]) -> Vec<i64> {
+    last_value(messages)
+        .unwrap_or_default()
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .filter_map(|id| id.parse().ok())
+        .collect()
+}
+
 /// After a failed [`transactional`] message: back to the job's savepoint, then the outcome
 /// recorded in the batch transaction. `ran_for` is how long the job ran (its recorded start
 /// went with the rollback).
-pub fn failure(
-    schema: &str,
-    job: &Job,
-    outcome: &Outcome,
-    ran_for: Duration,
-    commit: bool,
-) -> String {
+pub fn failure(schema: &str, job: &Job, outcome: &Outcome, ran_for: Duration) -> String {
     format!(
-        "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RESET ALL; {record}; RELEASE SAVEPOINT {SAVEPOINT}{commit}",
+        "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RESET ALL; {record}; RELEASE SAVEPOINT {SAVEPOINT}",
         record = record(schema, job, outcome, Some(ran_for)),
-        commit = if commit { "; COMMIT" } else { "" },
     )
 }
 
 /// Undoes a job whose outcome could not be recorded: its row is left to recovery.
-pub fn abandon(commit: bool) -> String {
-    format!(
-        "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}{}",
-        if commit { "; COMMIT" } else { "" }
-    )
+pub fn abandon() -> String {
+    format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
 }
 
 /// `SELECT broker_set(...)` for `outcome`, with the error text as a literal no setting can
@@ -186,20 +212,22 @@ mod tests {
 
     #[test]
     fn the_job_message_is_qualified_and_carries_no_sql_text() {
-        let msg = transactional(
-            "\"s\"",
-            &job(),
-            10,
-            Some(Duration::from_secs(5)),
-            true,
-            true,
-        );
+        let msg = transactional("\"s\"", &job(), 10, Some(Duration::from_secs(5)), true);
         assert_eq!(
             msg,
             "BEGIN; SAVEPOINT pgsql_broker_job; SELECT \"s\".broker_run(7, 9, true, 5000); \
-             SELECT broker_exec.run_10(); RESET ALL; \
-             SELECT \"s\".broker_set(7, 9, 'completed', NULL, NULL); \
-             RELEASE SAVEPOINT pgsql_broker_job; COMMIT"
+             SELECT broker_exec.run_10(); RESET ALL; RELEASE SAVEPOINT pgsql_broker_job"
+        );
+    }
+
+    #[test]
+    fn a_batch_ends_with_one_qualified_completion() {
+        assert_eq!(complete("\"s\"", &[]), "COMMIT");
+        let ran = [(job(), 1.5, Duration::from_millis(250))];
+        assert_eq!(
+            complete("\"s\"", &ran),
+            "SELECT \"s\".broker_complete('{7}'::pg_catalog.int8[], '{9}'::pg_catalog.int8[], \
+             '{1.5}'::pg_catalog.float8[], '{0.25}'::pg_catalog.float8[]); COMMIT"
         );
     }
 

@@ -49,6 +49,8 @@ const FUNCTIONS: &[&str] = &[
     "broker_disable_schedule",
     "broker_fire_schedule",
     "broker_prepare_runner",
+    "broker_reset_session",
+    "broker_complete",
 ];
 
 /// Serializes concurrent installers on one database.

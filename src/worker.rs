@@ -83,12 +83,15 @@ pub(crate) fn run(
     worker.disconnect();
 }
 
-/// A job whose outcome is recorded in the open transaction.
+/// A job that ran in the open transaction: its outcome is recorded there already (a failure),
+/// or will be when it commits (a completion, `started` set).
 struct Finished {
     job: Job,
     status: Option<String>,
     outcome: Outcome,
     took: Duration,
+    /// When a completed job's SQL began (server clock, seconds since the epoch).
+    started: Option<f64>,
 }
 
 /// The connection was lost (or the transaction ended under the worker).
@@ -122,8 +125,14 @@ impl Worker<'_> {
                 break;
             }
             let step = if job.transactional {
-                let commit = batch.is_empty() || self.transaction_full();
-                self.run_transactional(&job, commit)
+                let last = batch.is_empty();
+                self.run_transactional(&job).and_then(|()| {
+                    if last || self.transaction_full() {
+                        self.commit()
+                    } else {
+                        Ok(())
+                    }
+                })
             } else {
                 self.commit().and_then(|()| self.run_alone(&job))
             };
@@ -147,22 +156,22 @@ impl Worker<'_> {
         }
     }
 
-    /// True when the open transaction should commit after the next job.
+    /// True when the open transaction should commit now.
     fn transaction_full(&self) -> bool {
         let max_ms = Duration::from_millis(self.shared.settings.batch_max_ms);
-        self.open.len() + 1 >= MAX_JOBS_PER_TRANSACTION
+        self.open.len() >= MAX_JOBS_PER_TRANSACTION
             || self.open_since.is_some_and(|t| t.elapsed() >= max_ms)
     }
 
-    /// Runs a transactional job in the open transaction (opening it if needed); `commit` ends
-    /// the transaction with it.
-    fn run_transactional(&mut self, job: &Job, commit: bool) -> Result<(), Lost> {
+    /// Runs a transactional job in the open transaction (opening it if needed). Its completion
+    /// is recorded when the transaction commits; a failure at once, in the transaction.
+    fn run_transactional(&mut self, job: &Job) -> Result<(), Lost> {
         // A role gone since the claim has no runner: broker_run says so, and the job fails.
         let role = job.role.unwrap_or(0);
         let schema = self.shared.schema();
         let timeout = self.timeout_of(job);
         let begin = self.open_since.is_none();
-        let message = execute::transactional(&schema, job, role, timeout, begin, commit);
+        let message = execute::transactional(&schema, job, role, timeout, begin);
         let mut c = self.take_connection().map_err(|error| Lost {
             error,
             blamed: None,
@@ -177,7 +186,13 @@ impl Worker<'_> {
         let took = started.elapsed();
         let e = match result {
             Ok(rows) => {
-                self.finished(job, last_value(&rows), Outcome::Completed, took, commit);
+                self.open.push(Finished {
+                    job: *job,
+                    status: None,
+                    outcome: Outcome::Completed,
+                    took,
+                    started: Some(execute::started(&rows).unwrap_or_default()),
+                });
                 return Ok(());
             }
             Err(e) => e,
@@ -194,39 +209,25 @@ impl Worker<'_> {
                 job.id,
                 describe(&e)
             );
-            let undo = self
-                .conn
-                .as_mut()
-                .map(|c| c.batch_execute(&execute::abandon(commit)));
             self.shared.release([job.id]);
-            return match undo {
-                Some(Err(e)) => Err(self.lost(job, e, took)),
-                _ => {
-                    if commit {
-                        self.committed();
-                    }
-                    Ok(())
-                }
-            };
+            return self.undo(job, took);
         }
         let outcome = self.outcome_of(job, &e);
-        let record = execute::failure(&schema, job, &outcome, took, commit);
+        let record = execute::failure(&schema, job, &outcome, took);
         let result = match self.conn.as_mut() {
             Some(c) => c.simple_query(&record),
             None => return Err(self.lost(job, e, took)),
         };
         match result {
             Ok(rows) => {
-                self.finished(job, last_value(&rows), outcome, took, commit);
+                self.open.push(Finished {
+                    job: *job,
+                    status: last_value(&rows),
+                    outcome,
+                    took,
+                    started: None,
+                });
                 Ok(())
-            }
-            Err(e) if e.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => {
-                // The COMMIT sent with the job failed and took the transaction with it.
-                Err(Lost {
-                    error: describe(&e),
-                    blamed: None,
-                    interrupted: Some(*job),
-                })
             }
             Err(e) if db::is_statement_error(&e) => {
                 log::warn!(
@@ -235,23 +236,23 @@ impl Worker<'_> {
                     job.id,
                     describe(&e)
                 );
-                let undo = self
-                    .conn
-                    .as_mut()
-                    .map(|c| c.batch_execute(&execute::abandon(commit)));
-                match undo {
-                    Some(Ok(())) => {
-                        self.shared.release([job.id]);
-                        if commit {
-                            self.committed();
-                        }
-                        Ok(())
-                    }
-                    Some(Err(e)) => Err(self.lost(job, e, took)),
-                    None => Ok(()),
-                }
+                self.shared.release([job.id]);
+                self.undo(job, took)
             }
             Err(e) => Err(self.lost(job, e, took)),
+        }
+    }
+
+    /// Rolls a job that did not run (or whose outcome could not be recorded) back to its
+    /// savepoint; the rest of the transaction goes on.
+    fn undo(&mut self, job: &Job, took: Duration) -> Result<(), Lost> {
+        let undone = self
+            .conn
+            .as_mut()
+            .map(|c| c.batch_execute(&execute::abandon()));
+        match undone {
+            Some(Err(e)) => Err(self.lost(job, e, took)),
+            _ => Ok(()),
         }
     }
 
@@ -465,6 +466,7 @@ impl Worker<'_> {
                     status: last_value(&rows),
                     outcome,
                     took,
+                    started: None,
                 });
                 self.committed();
             }
@@ -479,32 +481,19 @@ impl Worker<'_> {
         }
     }
 
-    fn finished(
-        &mut self,
-        job: &Job,
-        status: Option<String>,
-        outcome: Outcome,
-        took: Duration,
-        committed: bool,
-    ) {
-        self.open.push(Finished {
-            job: *job,
-            status,
-            outcome,
-            took,
-        });
-        if committed {
-            self.committed();
-        }
-    }
-
-    /// Commits the open transaction, if any.
+    /// Records the completions of the open transaction and commits it, if there is one.
     fn commit(&mut self) -> Result<(), Lost> {
         if self.open_since.is_none() {
             return Ok(());
         }
+        let ran: Vec<(Job, f64, Duration)> = self
+            .open
+            .iter()
+            .filter_map(|f| Some((f.job, f.started?, f.took)))
+            .collect();
+        let message = execute::complete(&self.shared.schema(), &ran);
         let result = match self.conn.as_mut() {
-            Some(c) => c.batch_execute("COMMIT"),
+            Some(c) => c.simple_query(&message),
             None => {
                 return Err(Lost {
                     error: "no connection".into(),
@@ -514,11 +503,23 @@ impl Worker<'_> {
             }
         };
         match result {
-            Ok(()) => {
+            Ok(rows) => {
+                let recorded = execute::completed_ids(&rows);
+                for f in self.open.iter_mut().filter(|f| f.started.is_some()) {
+                    // Missing from the list: the job changed hands while it ran. broker_run
+                    // held its row, so this is a guard, not a case that happens.
+                    f.status = Some(if recorded.contains(&f.job.id) {
+                        "completed".into()
+                    } else {
+                        "gone".into()
+                    });
+                }
                 self.committed();
                 Ok(())
             }
             Err(e) => {
+                // Whatever failed, the transaction is gone with the connection: its jobs run
+                // again on a fresh one.
                 self.disconnect();
                 Err(Lost {
                     error: describe(&e),
