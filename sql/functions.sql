@@ -470,12 +470,12 @@ $$;
 -- ---------------------------------------------------------------- the broker's API
 
 -- Makes the caller the database's active instance: a session advisory lock, so the claim dies
--- with the connection (even on kill -9), plus a row operators can read. p_in_flight: jobs the
--- calling process still runs from an earlier registration (its listener reconnected).
+-- with the connection (even on kill -9), plus a row operators can read. The caller recovers
+-- what dead instances left (broker_recover) next, and logs what that changed.
 -- Any session can take any advisory lock, so a holder that is not the newest active instance's
 -- listener is no broker: it is named, and ended when p_evict is set and the login may do so.
 CREATE OR REPLACE FUNCTION broker_register_instance(p_name text, p_host text, p_pid integer, p_version text,
-                                         p_in_flight bigint[] DEFAULT '{}', p_evict boolean DEFAULT false)
+                                         p_evict boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -516,7 +516,6 @@ BEGIN
     INSERT INTO broker_queueinstance (name, host, pid, version)
     VALUES (p_name, p_host, p_pid, p_version)
     RETURNING id INTO new_id;
-    PERFORM broker_recover(new_id, p_in_flight);
     RETURN new_id;
 END
 $$;

@@ -195,7 +195,6 @@ impl Acquirer {
                 &mut client,
                 db,
                 &shared.settings.name,
-                &shared.in_flight(),
                 grace,
                 shared.settings.evict_lock_holders,
             ) {

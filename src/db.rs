@@ -221,26 +221,17 @@ pub fn is_query_canceled(e: &postgres::Error) -> bool {
 }
 
 /// Registers this process as the database's active instance; see `broker_register_instance`.
-/// `in_flight`: jobs this process's workers still run (under an earlier instance id after a
-/// reconnect), which recovery must leave alone.
+/// The listener's first poll then recovers what dead instances left.
 pub fn register_instance(
     c: &mut Client,
     name: &str,
     host: &str,
     version: &str,
-    in_flight: &[i64],
     evict: bool,
 ) -> Result<i64, postgres::Error> {
     let row = c.query_one(
-        "SELECT broker_register_instance($1, $2, $3, $4, $5, $6)",
-        &[
-            &name,
-            &host,
-            &(std::process::id() as i32),
-            &version,
-            &in_flight,
-            &evict,
-        ],
+        "SELECT broker_register_instance($1, $2, $3, $4, $5)",
+        &[&name, &host, &(std::process::id() as i32), &version, &evict],
     )?;
     Ok(row.get(0))
 }

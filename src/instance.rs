@@ -29,27 +29,19 @@ pub struct Instance {
 
 impl Instance {
     /// Becomes the active instance of the database `client` is connected to, or explains who
-    /// is. Jobs in `in_flight` (this process's workers still run them) are left to their
-    /// workers; a held lock is retried for `grace`.
+    /// is; a held lock is retried for `grace`. (Recovery is the listener's first poll.)
     pub(crate) fn register_with(
         client: &mut Client,
         db: &DatabaseConfig,
         name: &str,
-        in_flight: &[i64],
         grace: Duration,
         evict: bool,
     ) -> Result<Instance, Error> {
         let deadline = Instant::now() + grace;
         let mut named = None;
         loop {
-            match db::register_instance(
-                client,
-                name,
-                &hostname(),
-                env!("CARGO_PKG_VERSION"),
-                in_flight,
-                evict,
-            ) {
+            match db::register_instance(client, name, &hostname(), env!("CARGO_PKG_VERSION"), evict)
+            {
                 Ok(id) => return Ok(Instance { id }),
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                     let message = e

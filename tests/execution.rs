@@ -441,7 +441,8 @@ fn kill_9_in_the_middle_of_batches_applies_every_job_once() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_default();
     assert!(done_at_kill < n, "the kill came too late to test anything");
-    let _again = BrokerProcess::start_serving(&db, &config);
+    let again = BrokerProcess::start_serving(&db, &config);
+    again.wait_log("job(s) left running by a dead instance or a lost connection: pending again");
     wait_until("every job to complete", || {
         db.value("SELECT count(*) FROM broker_jobs WHERE status <> 'completed'")
             .as_deref()

@@ -536,6 +536,9 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
     second.wait_log("serving as instance");
     db.wait_status(plain, "failed");
     db.wait_status(safe, "completed");
+    // The log says what recovery did: one job back to pending, and which one it failed.
+    second.wait_log("recovered 1 job(s) left running by a dead instance or a lost connection");
+    second.wait_log(&format!("non-transactional job(s) [{plain}] were running"));
     assert_eq!(
         db.value(&format!(
             "SELECT error_text FROM broker_jobs WHERE id = {plain}"
