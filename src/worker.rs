@@ -119,35 +119,40 @@ impl Worker<'_> {
     fn run_batch(&mut self, batch: &mut VecDeque<Job>) {
         let mut losses = 0;
         self.prepare_runners(batch);
-        while let Some(job) = batch.pop_front() {
-            if self.shared.handing_back() {
-                batch.push_front(job);
-                break;
-            }
-            let step = if job.transactional {
-                let last = batch.is_empty();
-                self.run_transactional(&job).and_then(|()| {
-                    if last || self.transaction_full() {
-                        self.commit()
-                    } else {
-                        Ok(())
+        loop {
+            while let Some(job) = batch.pop_front() {
+                if self.shared.handing_back() {
+                    batch.push_front(job);
+                    break;
+                }
+                let step = if job.transactional {
+                    let last = batch.is_empty();
+                    self.run_transactional(&job).and_then(|()| {
+                        if last || self.transaction_full() {
+                            self.commit()
+                        } else {
+                            Ok(())
+                        }
+                    })
+                } else {
+                    self.commit().and_then(|()| self.run_alone(&job))
+                };
+                if let Err(lost) = step {
+                    losses += 1;
+                    if !self.after_loss(lost, batch, losses) {
+                        return;
                     }
-                })
-            } else {
-                self.commit().and_then(|()| self.run_alone(&job))
-            };
-            if let Err(lost) = step {
-                losses += 1;
-                if !self.after_loss(lost, batch, losses) {
-                    return;
                 }
             }
-        }
-        if let Err(lost) = self.commit() {
-            losses += 1;
-            if self.after_loss(lost, batch, losses) {
-                // Everything left runs again on the fresh connection.
-                return self.run_batch(batch);
+            match self.commit() {
+                Ok(()) => break,
+                Err(lost) => {
+                    losses += 1;
+                    // What the lost transaction held runs again on a fresh connection.
+                    if !self.after_loss(lost, batch, losses) {
+                        return;
+                    }
+                }
             }
         }
         if !batch.is_empty() {
