@@ -170,9 +170,9 @@ pub(crate) fn run(
 struct Memory {
     /// Queues above `queue_count` already reported (bounded: a flood cannot grow it).
     warned_queues: HashSet<i32>,
-    /// Notifications ignored since the last report, and when that was.
+    /// Notifications ignored since the last report, and when that was (None: never).
     ignored: u64,
-    last_report: Instant,
+    last_report: Option<Instant>,
     /// Totals at the last summary line, to log what changed since, and when that was.
     last_summary: (u64, u64, u64),
     last_summary_at: Instant,
@@ -192,7 +192,7 @@ impl Memory {
         Memory {
             warned_queues: HashSet::new(),
             ignored: 0,
-            last_report: Instant::now(),
+            last_report: None,
             last_summary: (0, 0, 0),
             last_summary_at: Instant::now(),
         }
@@ -404,7 +404,10 @@ fn listen(
         }
         next = rest.next()?;
     }
-    if memory.ignored > 0 && memory.last_report.elapsed() >= SUMMARY_EVERY {
+    let due = memory
+        .last_report
+        .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
+    if memory.ignored > 0 && due {
         log::warn!(
             "database {}: ignored {} notification(s) on channel broker_jobs that name no queue 1..{} (sent by hand?)",
             shared.db.name,
@@ -412,7 +415,7 @@ fn listen(
             wanted.len()
         );
         memory.ignored = 0;
-        memory.last_report = Instant::now();
+        memory.last_report = Some(Instant::now());
     }
     Ok(())
 }
