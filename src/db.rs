@@ -424,19 +424,10 @@ pub fn promote_delayed(
     ))
 }
 
-/// Running jobs whose cancel was asked for, with how long ago.
-pub fn cancel_requested(c: &mut Client) -> Result<Vec<(i64, Duration)>, postgres::Error> {
-    let rows = c.query("SELECT job_id, waited FROM broker_cancel_requested()", &[])?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let secs: f64 = r.get(1);
-            (
-                r.get(0),
-                Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or_default(),
-            )
-        })
-        .collect())
+/// Running jobs whose cancel was asked for.
+pub fn cancel_requested(c: &mut Client) -> Result<Vec<i64>, postgres::Error> {
+    let rows = c.query("SELECT job_id FROM broker_cancel_requested()", &[])?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Cancels the statement of backend `pid` or, with `terminate`, ends the backend.

@@ -421,10 +421,10 @@ fn listen(
 }
 
 /// Cancels the statements of running jobs whose cancel was asked for and, when one still runs
-/// [`DEADLINE_GRACE`] after the request, ends its backend. True while requests are pending.
+/// [`DEADLINE_GRACE`] after that, ends its backend. True while requests are pending.
 fn deliver_cancels(shared: &Shared, client: &mut Client) -> Result<bool, postgres::Error> {
     let requested = db::cancel_requested(client)?;
-    for (id, waited) in &requested {
+    for id in &requested {
         for mut slot in shared.slots() {
             let Some(pid) = slot.conn.as_ref().map(|(pid, _)| *pid) else {
                 continue;
@@ -437,15 +437,19 @@ fn deliver_cancels(shared: &Shared, client: &mut Client) -> Result<bool, postgre
             }
             // The worker cannot move on to another job while this slot is locked, so the
             // signal reaches this job's statement and no other.
-            if *waited >= DEADLINE_GRACE {
-                db::signal_backend(client, pid, true)?;
-                job.ended = Some(format!(
-                    "cancelled; the job ignored the cancel for {}s and the broker ended its backend",
-                    DEADLINE_GRACE.as_secs()
-                ));
-            } else if !job.cancel_sent {
-                db::signal_backend(client, pid, false)?;
-                job.cancel_sent = true;
+            match job.cancel_sent {
+                None => {
+                    db::signal_backend(client, pid, false)?;
+                    job.cancel_sent = Some(Instant::now());
+                }
+                Some(sent) if sent.elapsed() >= DEADLINE_GRACE => {
+                    db::signal_backend(client, pid, true)?;
+                    job.ended = Some(format!(
+                        "cancelled; the job ignored the cancel for {}s and the broker ended its backend",
+                        DEADLINE_GRACE.as_secs()
+                    ));
+                }
+                Some(_) => {}
             }
         }
     }

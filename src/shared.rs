@@ -85,8 +85,8 @@ pub(crate) struct Running {
     pub id: i64,
     /// After this the listener ends the job's backend (its timeout plus a grace).
     pub deadline: Option<Instant>,
-    /// The listener asked the server to cancel the job's statement (a cancel request).
-    pub cancel_sent: bool,
+    /// When the listener asked the server to cancel the job's statement (a cancel request).
+    pub cancel_sent: Option<Instant>,
     /// Why the listener ended the job's backend, once it has.
     pub ended: Option<String>,
 }

@@ -358,7 +358,7 @@ impl Worker<'_> {
             slot.job = Some(Running {
                 id: job.id,
                 deadline: timeout.map(|t| Instant::now() + t + DEADLINE_GRACE),
-                cancel_sent: false,
+                cancel_sent: None,
                 ended: None,
             });
         }
