@@ -2,7 +2,7 @@
 //! their SQL inside the database, woken by LISTEN/NOTIFY and a slow poll.
 //!
 //! Data flows one way: notification → claim (the listener) → a queue's channel → the queue's
-//! workers, which run each job and record its result (`broker_set`) in the same transaction.
+//! workers, which run each job and record its result in the same transaction as its effects.
 //!
 //! # The library
 //!

@@ -1,10 +1,11 @@
 //! A worker of one queue: takes the jobs the listener claimed from the queue's channel and runs
 //! them on a pooled connection. What it can take without waiting (up to
-//! `fetch_query_que_size`) runs in one transaction, each job in its own savepoint with its
-//! outcome recorded beside it, and commits once (group commit): after the last job, after
-//! [`MAX_JOBS_PER_TRANSACTION`] jobs or once the transaction has run `batch_max_ms`. A failing
-//! job rolls back to its savepoint alone. Non-transactional jobs run alone, in the session.
-//! The statements themselves are [`crate::execute`]'s.
+//! `fetch_query_que_size`) runs in one transaction, each job in its own savepoint, and commits
+//! once (group commit): after the last job, after [`MAX_JOBS_PER_TRANSACTION`] jobs or once the
+//! transaction has run `batch_max_ms`. A failing job rolls back to its savepoint alone and its
+//! failure is recorded at once; the completions are recorded together, in one statement before
+//! the COMMIT. Non-transactional jobs run alone, in the session. The statements themselves are
+//! [`crate::execute`]'s.
 //!
 //! If the connection is lost, the jobs of the uncommitted transaction are still this
 //! process's claims: they run again on a fresh connection (their effects went with the
