@@ -95,6 +95,24 @@ struct Finished {
     started: Option<f64>,
 }
 
+impl Finished {
+    /// A job whose outcome a statement recorded, as its returned status says.
+    fn recorded(
+        job: &Job,
+        rows: &[postgres::SimpleQueryMessage],
+        outcome: Outcome,
+        took: Duration,
+    ) -> Finished {
+        Finished {
+            job: *job,
+            status: last_value(rows),
+            outcome,
+            took,
+            started: None,
+        }
+    }
+}
+
 /// The connection was lost (or the transaction ended under the worker).
 struct Lost {
     error: String,
@@ -226,13 +244,8 @@ impl Worker<'_> {
         };
         match result {
             Ok(rows) => {
-                self.open.push(Finished {
-                    job: *job,
-                    status: last_value(&rows),
-                    outcome,
-                    took,
-                    started: None,
-                });
+                self.open
+                    .push(Finished::recorded(job, &rows, outcome, took));
                 Ok(())
             }
             Err(e) if db::is_statement_error(&e) => {
@@ -467,13 +480,8 @@ impl Worker<'_> {
             .and_then(|c| c.simple_query(&statement).map_err(|e| describe(&e)));
         match result {
             Ok(rows) => {
-                self.open.push(Finished {
-                    job: *job,
-                    status: last_value(&rows),
-                    outcome,
-                    took,
-                    started: None,
-                });
+                self.open
+                    .push(Finished::recorded(job, &rows, outcome, took));
                 self.committed();
             }
             Err(error) => {

@@ -5,20 +5,6 @@ mod common;
 use common::*;
 use postgres::Client;
 
-/// A session of `role` (a superuser connection that SET ROLEs, as a login would be).
-fn session(db: &TestDb, role: &str) -> Client {
-    let mut c = db.client();
-    c.batch_execute(&format!("SET ROLE {}", quote_ident(role)))
-        .expect("set role");
-    c
-}
-
-fn submitter(db: &TestDb, suffix: &str) -> String {
-    let role = db.role(suffix);
-    db.exec(&format!("GRANT broker_submitter TO {}", quote_ident(&role)));
-    role
-}
-
 fn add_as(c: &mut Client, name: &str, sql: &str) -> i64 {
     c.query_one("SELECT broker_add_job($1, $2)", &[&name, &sql])
         .unwrap_or_else(|e| panic!("add {name}: {}", explain(&e)))

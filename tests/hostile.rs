@@ -11,24 +11,6 @@ use std::time::{Duration, Instant};
 /// How soon an innocent job must complete while an attack is in force.
 const PROMPT: Duration = Duration::from_secs(5);
 
-/// A session of `role` (a superuser connection that SET ROLEs, as a login would be).
-fn session(db: &TestDb, role: &str) -> Client {
-    let mut c = db.client();
-    c.batch_execute(&format!("SET ROLE {}", quote_ident(role)))
-        .expect("set role");
-    c
-}
-
-fn submitter(db: &TestDb, suffix: &str) -> String {
-    let role = db.role(suffix);
-    db.exec(&format!("GRANT broker_submitter TO {}", quote_ident(&role)));
-    role
-}
-
-fn code(e: &postgres::Error) -> &str {
-    e.code().map(|c| c.code()).unwrap_or("none")
-}
-
 /// A real login of `role` (not a superuser that SET ROLEs): pg_stat_activity names it, and
 /// ending its session takes a signal the broker's login must be allowed to send.
 fn login(db: &TestDb, role: &str) -> Client {

@@ -2,25 +2,6 @@
 
 mod common;
 use common::*;
-use postgres::Client;
-
-/// A session of `role` (a superuser connection that SET ROLEs, as a login would be).
-fn session(db: &TestDb, role: &str) -> Client {
-    let mut c = db.client();
-    c.batch_execute(&format!("SET ROLE {}", quote_ident(role)))
-        .expect("set role");
-    c
-}
-
-fn submitter(db: &TestDb, suffix: &str) -> String {
-    let role = db.role(suffix);
-    db.exec(&format!("GRANT broker_submitter TO {}", quote_ident(&role)));
-    role
-}
-
-fn code(e: &postgres::Error) -> &str {
-    e.code().map(|c| c.code()).unwrap_or("none")
-}
 
 #[test]
 fn run_as_a_role_the_submitter_is_not_a_member_of_is_refused() {

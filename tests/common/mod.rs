@@ -199,6 +199,26 @@ impl Drop for TestDb {
     }
 }
 
+/// A session of `role` (a superuser connection that SET ROLEs, as a login would be).
+pub fn session(db: &TestDb, role: &str) -> Client {
+    let mut c = db.client();
+    c.batch_execute(&format!("SET ROLE {}", quote_ident(role)))
+        .expect("set role");
+    c
+}
+
+/// A role of this test that is a member of `broker_submitter` only.
+pub fn submitter(db: &TestDb, suffix: &str) -> String {
+    let role = db.role(suffix);
+    db.exec(&format!("GRANT broker_submitter TO {}", quote_ident(&role)));
+    role
+}
+
+/// An error's SQLSTATE, or "none".
+pub fn code(e: &postgres::Error) -> &str {
+    e.code().map(|c| c.code()).unwrap_or("none")
+}
+
 /// An identifier quoted for SQL, whatever it holds.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
