@@ -225,15 +225,7 @@ impl Worker<'_> {
             return Err(self.lost(job, e, took));
         }
         if db::is_not_startable(&e) {
-            // No attempt happened: the job is left to its lock holder or new claimant (recovery
-            // hands a locked one back once the lock is gone).
-            log::info!(
-                "database {}: job {} not started: {}",
-                self.shared.db.name,
-                job.id,
-                describe(&e)
-            );
-            self.shared.release([job.id]);
+            self.not_started(job, &e);
             return self.undo(job, took);
         }
         let outcome = self.outcome_of(job, &e);
@@ -260,6 +252,18 @@ impl Worker<'_> {
             }
             Err(e) => Err(self.lost(job, e, took)),
         }
+    }
+
+    /// `broker_run` would not start the job (see `db::is_not_startable`): no attempt
+    /// happened, and the job is left to its lock holder, its new claimant or recovery.
+    fn not_started(&self, job: &Job, e: &postgres::Error) {
+        log::info!(
+            "database {}: job {} not started: {}",
+            self.shared.db.name,
+            job.id,
+            describe(e)
+        );
+        self.shared.release([job.id]);
     }
 
     /// Rolls a job that did not run (or whose outcome could not be recorded) back to its
@@ -300,13 +304,7 @@ impl Worker<'_> {
         let result = match result {
             Ok(result) => result,
             Err(e) if db::is_not_startable(&e) => {
-                log::info!(
-                    "database {}: job {} not started: {}",
-                    self.shared.db.name,
-                    job.id,
-                    describe(&e)
-                );
-                self.shared.release([job.id]);
+                self.not_started(job, &e);
                 return Ok(());
             }
             Err(e) if db::is_statement_error(&e) => {
