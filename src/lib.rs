@@ -25,7 +25,7 @@
 //!
 //! The broker logs through the [`log`](https://docs.rs/log) facade and installs no logger of
 //! its own: install any `log` implementation (env_logger, simplelog, a tracing bridge) before
-//! [`Broker::start`], and filter by target (`pgsql_broker::listener`, `pgsql_broker::worker`,
+//! [`Broker::start`], and filter by target (`pgsql_broker::runtime::listener`, `pgsql_broker::runtime::worker`,
 //! …). Without one, the broker is silent. The database driver logs every statement with its
 //! parameters at debug level under the targets `tokio_postgres` and `postgres`; filter those out
 //! to keep job SQL and its data out of the log. The command's text and JSON output are the
@@ -94,52 +94,30 @@
 //! # Ok::<(), pgsql_broker::Error>(())
 //! ```
 
-/// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
-mod acquire;
-/// Starting and stopping the whole broker.
-mod broker;
 /// The command line.
 mod cli;
-/// Configuration: file, environment, flags, libpq defaults.
+/// Configuration: file, environment, flags, libpq defaults, passwords.
 mod config;
-/// Cron expressions and their fire times in a time zone.
-mod cron;
-/// The database adapter: connections, pool, typed calls of the SQL API.
+/// The database adapter: connections, TLS, error classes, typed SQL calls, the schema.
 mod db;
-/// The error type.
+/// The error type, and how PostgreSQL's errors read.
 mod error;
-/// The statements that run a claimed job, and what they return.
-mod execute;
-/// The embedded schema and its installer.
-mod install;
-/// The single active instance per database.
-mod instance;
 /// Submitting jobs.
 mod job;
-/// Per database: LISTEN, poll, heartbeat, drain.
-mod listener;
 /// Text and JSON log output of the command.
 mod logging;
-/// Due schedules become jobs (called from the listener's poll).
-mod scheduler;
-/// What the listener and workers of a database share.
-mod shared;
-/// Standby processes sharing databases out among themselves.
-mod sharing;
-/// SIGTERM/SIGINT handling.
-mod shutdown;
-/// TLS for database connections with libpq's sslmode semantics (rustls).
-mod tls;
-/// Per queue: claim and run jobs.
-mod worker;
+/// The running broker: listener, workers, instance, shutdown.
+mod runtime;
+/// Cron expressions and the scheduler.
+mod schedule;
 
-pub use broker::{Broker, StopHandle};
 pub use config::{
     BrokerConfig, Config, ConfigError, DatabaseConfig, LogFormat, LogLevel, LoggingConfig, Secret,
     SslMode,
 };
 pub use error::Error;
 pub use job::{submit, NewJob};
+pub use runtime::broker::{Broker, StopHandle};
 
 /// The `pgsql-broker` command with its arguments (without the program name); returns the exit
 /// code. For the binary only.
@@ -151,7 +129,7 @@ pub fn run_cli(args: &[String]) -> i32 {
 /// Internals the integration tests check against; not part of the API.
 #[doc(hidden)]
 pub mod test_support {
+    pub use crate::db::install::SCHEMA_VERSION;
     pub use crate::db::{cancel, connect, is_query_canceled, try_pool};
-    pub use crate::install::SCHEMA_VERSION;
-    pub use crate::instance::hostname;
+    pub use crate::runtime::instance::hostname;
 }

@@ -20,13 +20,14 @@ use postgres::error::Severity;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
-use crate::acquire::Acquirer;
-use crate::db::{self, describe};
-use crate::execute::Job;
-use crate::instance::{Instance, HEARTBEAT_INTERVAL};
-use crate::shared::{Shared, Started};
-use crate::sharing;
-use crate::worker::DEADLINE_GRACE;
+use crate::db;
+use crate::db::Job;
+use crate::error::describe;
+use crate::runtime::acquire::Acquirer;
+use crate::runtime::instance::{Instance, HEARTBEAT_INTERVAL};
+use crate::runtime::shared::{Shared, Started};
+use crate::runtime::sharing;
+use crate::runtime::worker::DEADLINE_GRACE;
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
@@ -249,8 +250,11 @@ fn serve(
                 next_poll = next_poll.min(Instant::now() + wait);
             }
         } else if std::mem::take(&mut woke.schedule) {
-            if let Some(wait) =
-                maintenance(shared, crate::scheduler::run(&shared.db.name, client))?.flatten()
+            if let Some(wait) = maintenance(
+                shared,
+                crate::schedule::scheduler::run(&shared.db.name, client),
+            )?
+            .flatten()
             {
                 next_poll = next_poll.min(Instant::now() + wait);
             }
@@ -390,7 +394,7 @@ fn listen(
         match n.payload() {
             "cancel" => woke.cancel = true,
             "delayed" => woke.delayed = true,
-            crate::scheduler::NOTIFY_PAYLOAD => woke.schedule = true,
+            crate::schedule::scheduler::NOTIFY_PAYLOAD => woke.schedule = true,
             payload => match payload
                 .parse::<usize>()
                 .ok()
@@ -504,8 +508,11 @@ fn poll(
         }
     }
     maintenance(shared, purge(shared, client))?;
-    let schedule_wait =
-        maintenance(shared, crate::scheduler::run(&shared.db.name, client))?.flatten();
+    let schedule_wait = maintenance(
+        shared,
+        crate::schedule::scheduler::run(&shared.db.name, client),
+    )?
+    .flatten();
     for queue in db::queues_above(client, queue_count as i32)? {
         if memory.warned_queues.len() < MAX_WARNED_QUEUES && memory.warned_queues.insert(queue) {
             log::warn!(

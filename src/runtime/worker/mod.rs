@@ -5,7 +5,7 @@
 //! transaction has run `batch_max_ms`. A failing job rolls back to its savepoint alone and its
 //! failure is recorded at once; the completions are recorded together, in one statement before
 //! the COMMIT. Non-transactional jobs run alone, in the session. The statements themselves are
-//! [`crate::execute`]'s.
+//! [`crate::runtime::execute`]'s.
 //!
 //! If the connection is lost, the jobs of the uncommitted transaction are still this
 //! process's claims: they run again on a fresh connection (their effects went with the
@@ -19,11 +19,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use postgres::error::SqlState;
-use postgres::Client;
 
-use crate::db::{self, describe, PooledClient};
-use crate::execute::{self, last_value, Job, Outcome};
-use crate::shared::{Running, Shared};
+use crate::db::Job;
+use crate::db::{self, PooledClient};
+use crate::error::describe;
+use crate::runtime::execute::{self, last_value, Outcome};
+use crate::runtime::shared::{Running, Shared};
+
+/// Non-transactional jobs, alone in the session.
+mod alone;
+/// A lost connection or a panic mid-batch.
+mod loss;
+
+use loss::Lost;
 
 /// Jobs per transaction at most, whatever `fetch_query_que_size` says: PostgreSQL keeps 64
 /// subtransaction ids per backend in shared memory; beyond that every other session's snapshot
@@ -111,15 +119,6 @@ impl Finished {
             started: None,
         }
     }
-}
-
-/// The connection was lost (or the transaction ended under the worker).
-struct Lost {
-    error: String,
-    /// The job that caused it, with its outcome; None when it was not a job's doing.
-    blamed: Option<Box<(Job, Outcome, Duration)>>,
-    /// The job whose statement was running, when not blamed: it runs again.
-    interrupted: Option<Job>,
 }
 
 struct Worker<'a> {
@@ -279,85 +278,6 @@ impl Worker<'_> {
         }
     }
 
-    /// Runs a job outside a transaction block, alone in the session (VACUUM, procedures that
-    /// COMMIT). At most once: if the broker dies meanwhile, recovery fails it rather than
-    /// running it again.
-    fn run_alone(&mut self, job: &Job) -> Result<(), Lost> {
-        let schema = self.shared.schema();
-        let timeout = self.timeout_of(job);
-        let lost = |error| Lost {
-            error,
-            blamed: None,
-            interrupted: Some(*job),
-        };
-        let mut c = self.take_connection().map_err(lost)?;
-        let started = Instant::now();
-        let start = c.simple_query(&execute::start_in_session(&schema, job, timeout));
-        let result = match start {
-            Ok(rows) => {
-                let sql = last_value(&rows).unwrap_or_default();
-                Ok(self.watched(job, timeout, || c.batch_execute(&sql)))
-            }
-            Err(e) => Err(e),
-        };
-        self.conn = Some(c);
-        let result = match result {
-            Ok(result) => result,
-            Err(e) if db::is_not_startable(&e) => {
-                self.not_started(job, &e);
-                return Ok(());
-            }
-            Err(e) if db::is_statement_error(&e) => {
-                let outcome = self.outcome_of(job, &e);
-                self.record_alone(job, outcome, started.elapsed());
-                return Ok(());
-            }
-            Err(e) => {
-                self.disconnect();
-                return Err(lost(describe(&e)));
-            }
-        };
-        let took = started.elapsed();
-        let mut outcome = match result {
-            Ok(()) => Outcome::Completed,
-            Err(e) if db::is_statement_error(&e) => self.outcome_of(job, &e),
-            Err(e) => {
-                // Its effects may have applied: never run it again from here.
-                let why = self.ended.take().unwrap_or_else(|| describe(&e));
-                self.disconnect();
-                let outcome =
-                    Outcome::Failed(format!("the connection was lost while it ran: {why}"));
-                self.record_alone(job, outcome, took);
-                return Ok(());
-            }
-        };
-        if let Outcome::Pending = outcome {
-            // A shutdown cancel cannot roll back what a non-transactional job did.
-            outcome = Outcome::Failed("cancelled by broker shutdown".into());
-        }
-        let c = self.connection().map_err(lost)?;
-        match reset_session(c) {
-            Ok(false) => {}
-            Ok(true) => {
-                outcome = Outcome::Failed(
-                    "the job left a transaction open (BEGIN without COMMIT); it was rolled back"
-                        .into(),
-                )
-            }
-            Err(e) => {
-                self.disconnect();
-                log::warn!(
-                    "database {}: job {}: cannot reset the session after it: {}",
-                    self.shared.db.name,
-                    job.id,
-                    describe(&e)
-                );
-            }
-        }
-        self.record_alone(job, outcome, took);
-        Ok(())
-    }
-
     /// Runs `statement` while the listener may cancel it or end its backend at the job's
     /// deadline.
     fn watched<T>(
@@ -403,94 +323,6 @@ impl Worker<'_> {
             }
         }
         Outcome::Failed(describe(e))
-    }
-
-    /// The connection is gone while `job` ran: who is to blame decides what happens to it.
-    fn lost(&mut self, job: &Job, e: postgres::Error, took: Duration) -> Lost {
-        let error = describe(&e);
-        let own_doing = matches!(
-            e.code().map(|c| c.code()),
-            Some("25P03") | Some("57P05") // its own idle timeouts ended the session
-        );
-        let blamed = match self.ended.take() {
-            Some(why) => Some(Outcome::Failed(why)),
-            None if own_doing => Some(Outcome::Failed(format!(
-                "the job's settings ended the broker's connection: {error}"
-            ))),
-            None => None,
-        };
-        self.disconnect();
-        match blamed {
-            Some(outcome) => Lost {
-                error,
-                blamed: Some(Box::new((*job, outcome, took))),
-                interrupted: None,
-            },
-            None => Lost {
-                error,
-                blamed: None,
-                interrupted: Some(*job),
-            },
-        }
-    }
-
-    /// After a lost connection: the blamed job is recorded, the uncommitted ones go back to
-    /// the front of the batch. False when the batch gives up (its jobs left to recovery).
-    fn after_loss(&mut self, lost: Lost, batch: &mut VecDeque<Job>, losses: u32) -> bool {
-        self.disconnect();
-        let mut again: Vec<Job> = self.open.drain(..).map(|f| f.job).collect();
-        self.open_since = None;
-        again.extend(lost.interrupted);
-        for job in again.into_iter().rev() {
-            batch.push_front(job);
-        }
-        log::warn!(
-            "database {}: queue {}: connection lost ({}); {} job(s) of the transaction run again",
-            self.shared.db.name,
-            self.queue,
-            lost.error,
-            batch.len()
-        );
-        if let Some(blamed) = lost.blamed {
-            let (job, outcome, took) = *blamed;
-            self.record_alone(&job, outcome, took);
-        }
-        if losses >= MAX_LOSSES_PER_BATCH || self.connection().is_err() {
-            log::warn!(
-                "database {}: queue {}: leaving {} job(s) to recovery",
-                self.shared.db.name,
-                self.queue,
-                batch.len()
-            );
-            self.shared.release(batch.drain(..).map(|j| j.id));
-            return false;
-        }
-        true
-    }
-
-    /// Records an outcome in its own transaction (non-transactional jobs, jobs that never
-    /// started).
-    fn record_alone(&mut self, job: &Job, outcome: Outcome, took: Duration) {
-        let schema = self.shared.schema();
-        let statement = execute::record(&schema, job, &outcome, Some(took));
-        let result = self
-            .connection()
-            .and_then(|c| c.simple_query(&statement).map_err(|e| describe(&e)));
-        match result {
-            Ok(rows) => {
-                self.open
-                    .push(Finished::recorded(job, &rows, outcome, took));
-                self.committed();
-            }
-            Err(error) => {
-                log::warn!(
-                    "database {}: job {}: cannot record its outcome ({error}); recovery will",
-                    self.shared.db.name,
-                    job.id
-                );
-                self.shared.release([job.id]);
-            }
-        }
     }
 
     /// Records the completions of the open transaction and commits it, if there is one.
@@ -643,33 +475,6 @@ impl Worker<'_> {
         self.shared.release(jobs.iter().map(|j| j.id));
     }
 
-    /// A bug in the broker panicked mid-batch: the connection, in an unknown state, goes (and
-    /// with it the open transaction); the job that ran is recorded failed (retried like any
-    /// failure while attempts remain, never left running); the others are left to recovery.
-    fn after_panic(&mut self, batch: VecDeque<Job>) {
-        let running = self
-            .shared
-            .slot(self.slot)
-            .and_then(|mut s| s.job.take())
-            .map(|r| r.id);
-        log::error!(
-            "database {}: worker panicked{}; see the message above",
-            self.shared.db.name,
-            running
-                .map(|id| format!(" while running job {id}"))
-                .unwrap_or_default()
-        );
-        self.disconnect();
-        let mut jobs: Vec<Job> = self.open.drain(..).map(|f| f.job).collect();
-        self.open_since = None;
-        jobs.extend(batch);
-        if let Some(job) = jobs.iter().find(|j| Some(j.id) == running).copied() {
-            let reason = "the broker panicked while running this job (a bug; see its log)";
-            self.record_alone(&job, Outcome::Failed(reason.into()), Duration::ZERO);
-        }
-        self.shared.release(jobs.iter().map(|j| j.id));
-    }
-
     /// The job's timeout: its own, else the default; at most `max_job_timeout`.
     fn timeout_of(&self, job: &Job) -> Option<Duration> {
         effective_timeout(
@@ -726,23 +531,6 @@ pub(crate) fn effective_timeout(
         return wanted;
     }
     Some(wanted.map_or(max, |t| t.min(max)))
-}
-
-/// Clears whatever session state a non-transactional job left (SET, role, temp tables,
-/// LISTEN, advisory locks, prepared statements). True when a transaction had been left open
-/// and was rolled back.
-fn reset_session(c: &mut Client) -> Result<bool, postgres::Error> {
-    match c.batch_execute("DISCARD ALL") {
-        Err(e)
-            if e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION)
-                || e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) =>
-        {
-            c.batch_execute("ROLLBACK")?;
-            c.batch_execute("DISCARD ALL")?;
-            Ok(true)
-        }
-        other => other.map(|()| false),
-    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use postgres::Client;
 
 use crate::config::DatabaseConfig;
 use crate::db;
+use crate::db::install;
 use crate::error::Error;
-use crate::install;
-use crate::instance::{Instance, TAKEOVER_GRACE};
-use crate::shared::{Shared, Started};
-use crate::sharing::{fair_share, SHARE_STEP};
+use crate::runtime::instance::{Instance, TAKEOVER_GRACE};
+use crate::runtime::shared::{Shared, Started};
+use crate::runtime::sharing::{fair_share, SHARE_STEP};
 
 /// How often a standby looks whether the database it waits for came free. Takeover after the
 /// active instance dies takes about this long (plus the share delay below).

@@ -11,8 +11,8 @@ use postgres::CancelToken;
 use crate::config::{BrokerConfig, DatabaseConfig};
 use crate::db::{self, Pool};
 use crate::error::Error;
-use crate::instance::Instance;
-use crate::shutdown::StopHandle;
+use crate::runtime::instance::Instance;
+use crate::runtime::shutdown::StopHandle;
 
 /// How a listener's first try went, for `Broker::start`.
 pub(crate) enum Started {

@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use postgres::Client;
 
-use crate::cron::{self, Cron};
-use crate::db::{self, describe, ScheduleRow};
+use crate::db::{self, ScheduleRow};
+use crate::error::describe;
+use crate::schedule::cron::{self, Cron};
 
 /// The notification payload (on channel `broker_jobs`) that asks for a scheduler run now:
 /// a schedule was added, changed or enabled.

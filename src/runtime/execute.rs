@@ -24,19 +24,7 @@
 
 use std::time::Duration;
 
-/// A job the listener claimed for this process, as the queue's channel carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Job {
-    pub id: i64,
-    /// The claim token `broker_get` gave; starting and finishing the job need it.
-    pub claim: i64,
-    pub attempt: i32,
-    /// The oid of the role the job runs as; None when that role no longer exists.
-    pub role: Option<u32>,
-    /// The job's own timeout; None when it set none.
-    pub timeout: Option<Duration>,
-    pub transactional: bool,
-}
+use crate::db::Job;
 
 /// How an attempt ended, as `broker_set` records it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use crate::db;
-use crate::instance::Instance;
-use crate::shared::Shared;
+use crate::runtime::instance::Instance;
+use crate::runtime::shared::Shared;
 
 /// How long a free database is left to processes that serve fewer databases, per database this
 /// process serves at or above its fair share. Nobody below their share: it is taken anyway.

@@ -4,13 +4,13 @@
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+use super::{listener, worker};
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
+use crate::db::Job;
 use crate::error::Error;
-use crate::execute::Job;
-use crate::shared::{Process, Shared, Started};
-use crate::{listener, worker};
+use crate::runtime::shared::{Process, Shared, Started};
 
-pub use crate::shutdown::StopHandle;
+pub use crate::runtime::shutdown::StopHandle;
 
 /// A running broker. `stop()` begins a graceful drain; `wait()` returns once it is done.
 pub struct Broker {

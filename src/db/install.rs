@@ -8,13 +8,13 @@ use crate::error::Error;
 /// Schema files in order; file `i` (0-based) brings the schema to version `i + 1`. They hold
 /// tables, indexes, roles and policies. Never edit a released one: add the next file instead.
 pub const MIGRATIONS: &[&str] = &[
-    include_str!("../sql/001_schema.sql"),
-    include_str!("../sql/002_job_execution.sql"),
+    include_str!("../../sql/001_schema.sql"),
+    include_str!("../../sql/002_job_execution.sql"),
 ];
 
 /// Every function and trigger, re-applied by each install after the migrations (all of it is
 /// idempotent), so each function has exactly one definition in the source.
-pub const FUNCTIONS_SQL: &str = include_str!("../sql/functions.sql");
+pub const FUNCTIONS_SQL: &str = include_str!("../../sql/functions.sql");
 
 /// The schema version this binary runs with.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
