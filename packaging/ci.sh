@@ -66,20 +66,25 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 step "packaged docs cover the code (config keys, commands, options)"
-# Every key the config accepts (the `"key" => self.key = ...` arms in src/config.rs) must be in
-# packaging/broker.yaml (set or commented out) and in the man page; every subcommand and long
-# option of src/cli.rs must be in the man page.
+# Every key the config accepts (the `"key" => self.key = ...` arms in src/config.rs, or in the
+# files of src/config/) must be in packaging/broker.yaml (set or commented out) and in the man
+# page; every subcommand and long option of src/cli.rs (or src/cli/) must be in the man page.
 missing=()
-keys=$(sed -nE 's/^[[:space:]]*"([a-z_]+)" => self\..*/\1/p' src/config.rs | sort -u)
-[ "$(wc -w <<<"$keys")" -ge 20 ] || fail "cannot find the config keys in src/config.rs (the check needs updating)"
+src_files() { find "src/$1.rs" "src/$1" -name '*.rs' -type f 2>/dev/null | sort; }
+mapfile -t config_src < <(src_files config)
+mapfile -t cli_src < <(src_files cli)
+[ "${#config_src[@]}" -gt 0 ] || fail "no src/config.rs or src/config/*.rs (the check needs updating)"
+[ "${#cli_src[@]}" -gt 0 ] || fail "no src/cli.rs or src/cli/*.rs (the check needs updating)"
+keys=$(sed -nE 's/^[[:space:]]*"([a-z_]+)" => self\..*/\1/p' "${config_src[@]}" | sort -u)
+[ "$(wc -w <<<"$keys")" -ge 20 ] || fail "cannot find the config keys in ${config_src[*]} (the check needs updating)"
 for k in $keys; do
     grep -qE "^[[:space:]]*(#[[:space:]]*)?(- )?$k:" packaging/broker.yaml || missing+=("broker.yaml: key $k")
     grep -qF "$k" packaging/pgsql-broker.1 || missing+=("pgsql-broker.1: key $k")
 done
-for c in $(grep -oE 'argh\(subcommand, name = "[a-z-]+"' src/cli.rs | grep -oE '"[a-z-]+"' | tr -d '"'); do
+for c in $(grep -ohE 'argh\(subcommand, name = "[a-z-]+"' "${cli_src[@]}" | grep -oE '"[a-z-]+"' | tr -d '"'); do
     grep -qE "^\.B(R|I)? .*\b$c\b" packaging/pgsql-broker.1 || missing+=("pgsql-broker.1: command $c")
 done
-for o in $(awk '/#\[argh\((option|switch)/ { getline; sub(/^[[:space:]]*/, ""); sub(/:.*/, ""); print }' src/cli.rs | sort -u); do
+for o in $(awk '/#\[argh\((option|switch)/ { getline; sub(/^[[:space:]]*/, ""); sub(/:.*/, ""); print }' "${cli_src[@]}" | sort -u); do
     roff="\\-\\-${o//_/\\-}"
     grep -qF -- "$roff" packaging/pgsql-broker.1 || missing+=("pgsql-broker.1: option --${o//_/-}")
 done
