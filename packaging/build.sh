@@ -39,6 +39,7 @@ for f in README.md packaging/broker.yaml packaging/pgsql-broker.service packagin
          packaging/copyright packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm; do
     [ -f "$f" ] || die "missing $f (it is packaged)"
 done
+compgen -G 'docs/*.md' >/dev/null || die "missing docs/*.md (they are packaged)"
 
 # The release binary. cargo-deb and cargo-generate-rpm both read target/release/ (or
 # $CARGO_TARGET_DIR/release/, which they map themselves).

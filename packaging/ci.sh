@@ -131,6 +131,25 @@ if ! diff -u "$TMPD/deb.files" "$TMPD/rpm.files"; then
     fail "file modes differ between the .deb (-) and the .rpm (+)"
 fi
 ok "same modes"
+# docs/*.md goes in by a glob in both lists: every file of the checkout must be in both packages,
+# the .rpm marking each as %doc.
+DOCDIR=/usr/share/doc/pgsql-broker/docs
+shopt -s nullglob
+docs_src=(docs/*.md)
+shopt -u nullglob
+[ "${#docs_src[@]}" -gt 0 ] || fail "no docs/*.md in the checkout"
+rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$RPM" > "$TMPD/rpm.flags"
+for f in "${docs_src[@]}" README.md; do
+    case "$f" in
+        docs/*) dest="$DOCDIR/${f#docs/}" ;;
+        *) dest="/usr/share/doc/pgsql-broker/$f" ;;
+    esac
+    grep -qx -- "-rw-r--r-- $dest" "$TMPD/deb.files" || fail ".deb lacks $dest (mode 644) for $f"
+    grep -qx -- "-rw-r--r-- $dest" "$TMPD/rpm.files" || fail ".rpm lacks $dest (mode 644) for $f"
+    awk -v p="$dest" '$2 == p { print $1 }' "$TMPD/rpm.flags" | grep -q d || fail ".rpm: $dest is not %doc"
+done
+grep -qx -- "-rw-r--r-- $DOCDIR/configuration.md" "$TMPD/rpm.files" || fail ".rpm lacks $DOCDIR/configuration.md"
+ok "README.md and ${#docs_src[@]} docs/*.md files in both packages under /usr/share/doc/pgsql-broker/ (.rpm: %doc)"
 rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]' "$RPM" \
     | grep -qx "cn root:pgsql-broker $CONF" \
     || fail ".rpm: $CONF is not %config(noreplace) root:pgsql-broker"
@@ -159,6 +178,14 @@ uid=$(id -u pgsql-broker)
 [ "$uid" -lt 1000 ] || fail "pgsql-broker is not a system user (uid $uid)"
 [ "$(id -gn pgsql-broker)" = pgsql-broker ] || fail "pgsql-broker's primary group is not pgsql-broker"
 ok "user pgsql-broker (uid $uid, shell $(getent passwd pgsql-broker | cut -d: -f7))"
+dpkg -L "$PKG" | grep -qx "$DOCDIR/configuration.md" || fail "dpkg -L $PKG does not list $DOCDIR/configuration.md"
+[ -f "$DOCDIR/configuration.md" ] \
+    || fail "$DOCDIR/configuration.md not installed (does a path-exclude in /etc/dpkg/dpkg.cfg.d/ drop /usr/share/doc?)"
+for f in "${docs_src[@]}"; do
+    cmp -s "$f" "$DOCDIR/${f#docs/}" || fail "$DOCDIR/${f#docs/} missing or not the same as $f"
+done
+cmp -s README.md /usr/share/doc/pgsql-broker/README.md || fail "/usr/share/doc/pgsql-broker/README.md missing or not the same as README.md"
+ok "installed: README.md and ${#docs_src[@]} files in $DOCDIR (configuration.md included)"
 
 check_conf_perms() {
     local got
