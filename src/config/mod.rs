@@ -168,7 +168,7 @@ pub struct BrokerConfig {
     pub retention_batch_size: u32,
     /// Wait for databases another broker instance holds and take them over when it dies,
     /// instead of refusing to start. Several processes with `standby: true` and the same
-    /// databases share them out (see README, "Failover and sharing").
+    /// databases share them out (see docs/guarantees.md, "Failover, standby and sharing").
     pub standby: bool,
 }
 
