@@ -114,6 +114,8 @@ fn one_process_serves_two_databases_with_their_own_queue_counts() {
         "database {}: jobs in queue 3 will not run: queue_count is 1",
         a.name
     ));
+    // A whole poll of a since, and the claims for every queue that follow it, left it alone.
+    broker.wait_poll(&a);
     assert_eq!(a.status(beyond), "pending");
     assert_eq!(serving_pid(&a), Some(broker.pid()));
     assert_eq!(serving_pid(&b), Some(broker.pid()));

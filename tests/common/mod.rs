@@ -12,7 +12,7 @@ pub mod cluster;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -313,6 +313,10 @@ pub struct BrokerProcess {
     log: PathBuf,
 }
 
+/// Queue numbers for [`BrokerProcess::wait_poll`]'s markers: far above any `queue_count`, and
+/// never the same twice in a test binary (the broker reports each queue once per process).
+static MARKER_QUEUES: AtomicI32 = AtomicI32::new(1_000_000);
+
 impl BrokerProcess {
     pub fn start(config: &Path) -> BrokerProcess {
         Self::start_env(config, &[])
@@ -406,6 +410,26 @@ impl BrokerProcess {
             }
             false
         });
+    }
+
+    /// Waits until the listener of `db` has run a whole poll (recovery, dependencies,
+    /// retention, schedules) that began after this call, so a test can then assert what the
+    /// poll did not do. The event: the poll's report of jobs in queues above `queue_count`
+    /// (after everything else it does), about a marker job added now; two markers, one after
+    /// the other's report, since the first may be reported by a poll already under way. The
+    /// markers are deleted again. The broker must poll (`queue_timer_sec`) to get there.
+    pub fn wait_poll(&self, db: &TestDb) {
+        for _ in 0..2 {
+            let queue = MARKER_QUEUES.fetch_add(1, Ordering::SeqCst);
+            let id = db.add_job(&format!(
+                "broker_add_job('poll marker', 'SELECT 1', {queue})"
+            ));
+            self.wait_log(&format!(
+                "database {}: jobs in queue {queue} will not run",
+                db.name
+            ));
+            db.exec(&format!("DELETE FROM broker_jobs WHERE id = {id}"));
+        }
     }
 
     pub fn signal(&self, sig: &str) {
