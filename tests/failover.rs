@@ -235,7 +235,7 @@ fn database_down_at_start_is_served_once_it_comes_up() {
     let id = served.add_job("broker_add_job('meanwhile', 'SELECT 1')");
     served.wait_status(id, "completed");
     // Several tries fail meanwhile (after 1 s, then 2 s more), logged once.
-    std::thread::sleep(Duration::from_millis(3500));
+    broker.wait_log("database late: connection try 3 failed");
     let log = broker.log();
     assert_eq!(
         log.matches("database late: cannot connect").count()
@@ -468,6 +468,19 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
     );
 }
 
+/// When the broker's connection to the replica's `app` last began its recovery check, if
+/// that was after `since` (both in the server's clock, as text).
+fn recovery_check_after(replica: &Cluster, since: &str) -> Option<String> {
+    replica.value(
+        "app",
+        &format!(
+            "SELECT max(query_start)::text FROM pg_stat_activity
+              WHERE datname = 'app' AND application_name = 'pgsql-broker'
+                AND query = 'SELECT pg_is_in_recovery()' AND query_start > '{since}'"
+        ),
+    )
+}
+
 #[test]
 fn a_replica_is_refused_until_it_is_promoted() {
     let primary = Cluster::start(&[]);
@@ -489,7 +502,21 @@ fn a_replica_is_refused_until_it_is_promoted() {
     let broker = BrokerProcess::start(&config);
     broker.wait_log("database app: the server at 127.0.0.1");
     assert!(broker.log().contains("is in recovery"), "{}", broker.log());
-    std::thread::sleep(Duration::from_millis(1500));
+    // It keeps looking (every notify_retry_seconds) on its connection: two more looks, as the
+    // replica's pg_stat_activity shows them, pass without serving or another line.
+    let mut since = replica.value("app", "SELECT now()::text").expect("now");
+    for _ in 0..2 {
+        wait_until(
+            "the broker to look for recovery again",
+            || match recovery_check_after(&replica, &since) {
+                Some(at) => {
+                    since = at;
+                    true
+                }
+                None => false,
+            },
+        );
+    }
     assert!(broker.is_running(), "{}", broker.log());
     let log = broker.log();
     assert!(!log.contains("serving as instance"), "{log}");
