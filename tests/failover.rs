@@ -135,10 +135,13 @@ fn terminating_every_broker_connection_mid_run_loses_nothing() {
             1 + i % 2
         ));
     }
+    let serving = || broker.log().matches("serving as instance").count();
     for round in 1..=2 {
         wait_until("some jobs to complete", || {
             count_status(&db, "completed") >= 8 * round
         });
+        // Each kill hits a serving listener: after the first, wait until it is back.
+        wait_until("the listener to serve", || serving() as i64 >= round);
         let killed = terminate_broker_connections(&db);
         assert!(killed >= 2, "terminated only {killed} connection(s)");
     }
@@ -150,6 +153,10 @@ fn terminating_every_broker_connection_mid_run_loses_nothing() {
         db.value("SELECT count(*) FROM t").as_deref(),
         Some(&*n.to_string())
     );
+    // The last jobs may end while the listener is still reconnecting.
+    wait_until("the listener to serve again after the second kill", || {
+        serving() >= 3
+    });
     let log = broker.log();
     assert!(log.contains("listener connection lost"), "{log}");
     assert!(log.matches("serving as instance").count() >= 3, "{log}");
