@@ -5,9 +5,7 @@ mod common;
 use common::cluster::Cluster;
 use common::*;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One `databases[]` entry of a config file.
@@ -27,95 +25,6 @@ fn write_config(dir: &Path, file: &str, entries: &[String], broker: &str) -> Pat
     let path = dir.join(file);
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-/// A `pgsql-broker --config <config> <args...>` process (args: e.g. `start --standby`), its
-/// stderr in a file; killed (SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(config: &Path, args: &[&str], log_name: &str) -> Proc {
-        let log = config.with_file_name(log_name);
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PGSQL_BROKER_") || k.starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn pgsql-broker");
-        Proc { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    fn wait_log(&mut self, needle: &str) {
-        let deadline = Instant::now() + HANG;
-        while !self.log().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "broker exited with {status} before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle:?} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn exit_code(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 /// The pid of the broker holding `db` according to its active instance row.
@@ -172,7 +81,7 @@ fn one_process_serves_two_databases_with_their_own_queue_counts() {
         ],
         "",
     );
-    let mut broker = Proc::start(&config, &["start"], "two.log");
+    let broker = BrokerProcess::start(&config);
     broker.wait_log(&format!("database {}: serving as instance", a.name));
     broker.wait_log(&format!("database {}: serving as instance", b.name));
     assert!(broker.log().contains("(1 queues"), "{}", broker.log());
@@ -205,6 +114,8 @@ fn one_process_serves_two_databases_with_their_own_queue_counts() {
         "database {}: jobs in queue 3 will not run: queue_count is 1",
         a.name
     ));
+    // A whole poll of a since, and the claims for every queue that follow it, left it alone.
+    broker.wait_poll(&a);
     assert_eq!(a.status(beyond), "pending");
     assert_eq!(serving_pid(&a), Some(broker.pid()));
     assert_eq!(serving_pid(&b), Some(broker.pid()));
@@ -224,10 +135,13 @@ fn terminating_every_broker_connection_mid_run_loses_nothing() {
             1 + i % 2
         ));
     }
+    let serving = || broker.log().matches("serving as instance").count();
     for round in 1..=2 {
         wait_until("some jobs to complete", || {
             count_status(&db, "completed") >= 8 * round
         });
+        // Each kill hits a serving listener: after the first, wait until it is back.
+        wait_until("the listener to serve", || serving() as i64 >= round);
         let killed = terminate_broker_connections(&db);
         assert!(killed >= 2, "terminated only {killed} connection(s)");
     }
@@ -239,6 +153,10 @@ fn terminating_every_broker_connection_mid_run_loses_nothing() {
         db.value("SELECT count(*) FROM t").as_deref(),
         Some(&*n.to_string())
     );
+    // The last jobs may end while the listener is still reconnecting.
+    wait_until("the listener to serve again after the second kill", || {
+        serving() >= 3
+    });
     let log = broker.log();
     assert!(log.contains("listener connection lost"), "{log}");
     assert!(log.matches("serving as instance").count() >= 3, "{log}");
@@ -258,7 +176,7 @@ fn restarted_server_is_reconnected_and_jobs_finish() {
         &[db_entry("app", "127.0.0.1", cluster.port(), 2)],
         "",
     );
-    let mut broker = Proc::start(&config, &["start"], "restart.log");
+    let broker = BrokerProcess::start(&config);
     broker.wait_log("database app: serving as instance");
     let n = 20;
     for i in 0..n {
@@ -318,13 +236,13 @@ fn database_down_at_start_is_served_once_it_comes_up() {
         ],
         "",
     );
-    let mut broker = Proc::start(&config, &["start"], "late.log");
+    let broker = BrokerProcess::start(&config);
     broker.wait_log(&format!("database {}: serving as instance", served.name));
     broker.wait_log("database late: cannot connect");
     let id = served.add_job("broker_add_job('meanwhile', 'SELECT 1')");
     served.wait_status(id, "completed");
     // Several tries fail meanwhile (after 1 s, then 2 s more), logged once.
-    std::thread::sleep(Duration::from_millis(3500));
+    broker.wait_log("database late: connection try 3 failed");
     let log = broker.log();
     assert_eq!(
         log.matches("database late: cannot connect").count()
@@ -356,9 +274,9 @@ fn standby_takes_over_within_seconds_of_kill_9() {
     let db = TestDb::new();
     db.exec("CREATE TABLE t (x int); CREATE SEQUENCE tries");
     let config = db.config("", "");
-    let mut active = Proc::start(&config, &["start"], "active.log");
+    let mut active = BrokerProcess::start(&config);
     active.wait_log("serving as instance");
-    let mut standby = Proc::start(&config, &["start", "--standby"], "standby.log");
+    let standby = BrokerProcess::start_args(&config, &["start", "--standby"]);
     standby.wait_log("waiting to take over (standby)");
     assert!(
         standby.log().contains(&format!("pid {}", active.pid())),
@@ -371,7 +289,7 @@ fn standby_takes_over_within_seconds_of_kill_9() {
         "broker_add_job('long', 'SELECT pg_sleep(CASE WHEN nextval(''tries'') = 1 THEN 60 ELSE 0 END); INSERT INTO t VALUES (1)')",
     );
     started(&db, "tries");
-    active.kill_9();
+    active.kill();
     let killed = Instant::now();
     wait_until("the standby to take over", || {
         serving_pid(&db) == Some(standby.pid())
@@ -398,7 +316,7 @@ fn two_standby_processes_share_four_databases_and_survive_one_death() {
         .collect();
     let config = write_config(dbs[0].dir(), "share.yaml", &entries, "  standby: true\n");
     // The first process alone takes all four.
-    let mut first = Proc::start(&config, &["start"], "share-a.log");
+    let mut first = BrokerProcess::start(&config);
     wait_until("the first process to serve all four", || {
         owners(&dbs).iter().all(|o| *o == Some(first.pid()))
     });
@@ -413,7 +331,7 @@ fn two_standby_processes_share_four_databases_and_survive_one_death() {
         }
     }
     // A second one joins: the first hands databases over until each serves its share.
-    let second = Proc::start(&config, &["start"], "share-b.log");
+    let second = BrokerProcess::start(&config);
     let pids = [first.pid(), second.pid()];
     let joined = Instant::now();
     let serves = |pid: u32| owners(&dbs).iter().filter(|o| **o == Some(pid)).count();
@@ -457,7 +375,7 @@ fn two_standby_processes_share_four_databases_and_survive_one_death() {
             Some(&*n.to_string())
         );
     }
-    first.kill_9();
+    first.kill();
     let killed = Instant::now();
     wait_until("the survivor to serve all four", || {
         owners(&dbs).iter().all(|o| *o == Some(pids[1]))
@@ -484,7 +402,7 @@ fn without_standby_a_database_held_elsewhere_refuses_the_whole_start() {
         &[db_entry(&held.name, &host(), port(), 1)],
         "",
     );
-    let mut holder = Proc::start(&holder_config, &["start"], "holder.log");
+    let holder = BrokerProcess::start(&holder_config);
     holder.wait_log("serving as instance");
     let both = write_config(
         free.dir(),
@@ -495,8 +413,8 @@ fn without_standby_a_database_held_elsewhere_refuses_the_whole_start() {
         ],
         "",
     );
-    let mut second = Proc::start(&both, &["start"], "both.log");
-    assert_eq!(second.exit_code(HANG), Some(1), "{}", second.log());
+    let mut second = BrokerProcess::start(&both);
+    assert_eq!(second.wait_exit(HANG).code(), Some(1), "{}", second.log());
     let log = second.log();
     assert!(
         log.contains(&format!(
@@ -516,7 +434,7 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
     let db = TestDb::new();
     db.exec("CREATE SEQUENCE plain_tries; CREATE SEQUENCE safe_tries");
     let config = db.config("", "");
-    let mut first = Proc::start(&config, &["start"], "crash-1.log");
+    let mut first = BrokerProcess::start(&config);
     first.wait_log("serving as instance");
     let sleeper =
         |seq: &str| format!("SELECT pg_sleep(CASE WHEN nextval(''{seq}'') = 1 THEN 60 ELSE 0 END)");
@@ -531,8 +449,8 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
     // Claimed is not yet started: wait until both really run (their first try counted).
     started(&db, "plain_tries");
     started(&db, "safe_tries");
-    first.kill_9();
-    let mut second = Proc::start(&config, &["start"], "crash-2.log");
+    first.kill();
+    let second = BrokerProcess::start(&config);
     second.wait_log("serving as instance");
     db.wait_status(plain, "failed");
     db.wait_status(safe, "completed");
@@ -557,77 +475,17 @@ fn crashed_jobs_outside_a_transaction_fail_or_run_again_as_submitted() {
     );
 }
 
-/// The newest installed server's programs (as tests/common/cluster.rs finds them).
-fn pg_bin() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("/usr/lib/postgresql")
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .collect();
-    found.sort();
-    found.pop().expect("a PostgreSQL installation").1
-}
-
-/// Runs a server program as the `postgres` OS user when we are root (as the cluster helper does).
-fn as_postgres(program: &str, args: &[&str]) {
-    let exe = pg_bin().join(program);
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let out = cmd.args(args).output().expect("run server program");
-    assert!(
-        out.status.success(),
-        "{program} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A streaming replica of `primary` (pg_basebackup -R), started.
-fn replica_of(primary: &Cluster) -> Cluster {
-    let mut replica = Cluster::init(&[], &[]);
-    let data = replica.data_dir();
-    std::fs::remove_dir_all(&data).expect("clear the replica's data directory");
-    let port = primary.port().to_string();
-    let data_str = data.to_str().expect("UTF-8 path");
-    as_postgres(
-        "pg_basebackup",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-D",
-            data_str,
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--no-sync",
-        ],
-    );
-    // The copied configuration points the socket into the primary's directory.
-    let conf = data.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).expect("replica config");
-    text.push_str(&format!(
-        "\nunix_socket_directories = '{}'\n",
-        replica.dir().display()
-    ));
-    std::fs::write(&conf, text).expect("write replica config");
-    replica.start_again();
-    replica
+/// When the broker's connection to the replica's `app` last began its recovery check, if
+/// that was after `since` (both in the server's clock, as text).
+fn recovery_check_after(replica: &Cluster, since: &str) -> Option<String> {
+    replica.value(
+        "app",
+        &format!(
+            "SELECT max(query_start)::text FROM pg_stat_activity
+              WHERE datname = 'app' AND application_name = 'pgsql-broker'
+                AND query = 'SELECT pg_is_in_recovery()' AND query_start > '{since}'"
+        ),
+    )
 }
 
 #[test]
@@ -635,7 +493,7 @@ fn a_replica_is_refused_until_it_is_promoted() {
     let primary = Cluster::start(&[]);
     primary.exec("postgres", "CREATE DATABASE app");
     primary.exec("app", "CREATE TABLE t (x int)");
-    let replica = replica_of(&primary);
+    let replica = Cluster::replica_of(&primary);
     assert_eq!(
         replica
             .value("app", "SELECT pg_is_in_recovery()")
@@ -648,24 +506,30 @@ fn a_replica_is_refused_until_it_is_promoted() {
         &[db_entry("app", "127.0.0.1", replica.port(), 1)],
         "",
     );
-    let mut broker = Proc::start(&config, &["start"], "replica.log");
+    let broker = BrokerProcess::start(&config);
     broker.wait_log("database app: the server at 127.0.0.1");
     assert!(broker.log().contains("is in recovery"), "{}", broker.log());
-    std::thread::sleep(Duration::from_millis(1500));
+    // It keeps looking (every notify_retry_seconds) on its connection: two more looks, as the
+    // replica's pg_stat_activity shows them, pass without serving or another line.
+    let mut since = replica.value("app", "SELECT now()::text").expect("now");
+    for _ in 0..2 {
+        wait_until(
+            "the broker to look for recovery again",
+            || match recovery_check_after(&replica, &since) {
+                Some(at) => {
+                    since = at;
+                    true
+                }
+                None => false,
+            },
+        );
+    }
     assert!(broker.is_running(), "{}", broker.log());
     let log = broker.log();
     assert!(!log.contains("serving as instance"), "{log}");
     assert_eq!(log.matches("is in recovery").count(), 1, "{log}");
     // Promoted, it is served: the schema is installed and jobs run.
-    as_postgres(
-        "pg_ctl",
-        &[
-            "-D",
-            replica.data_dir().to_str().expect("UTF-8 path"),
-            "-w",
-            "promote",
-        ],
-    );
+    replica.promote();
     broker.wait_log("database app: serving as instance");
     replica.exec(
         "app",

@@ -266,13 +266,15 @@ fn retention_removes_only_what_it_should() {
         mk("old-cancelled", "cancelled", "4 days"),
         mk("old-pending", "pending", "10 days"),
     ];
-    let _broker = broker(
+    let broker = broker(
         &db,
-        "  retention_completed: 1d\n  retention_failed: 3d\n  retention_batch_size: 1\n",
+        "  retention_completed: 1d\n  retention_failed: 3d\n  retention_batch_size: 1\n  queue_timer_sec: 1\n",
     );
     wait_until("retention to run", || {
         db.value("SELECT count(*) FROM broker_jobs").as_deref() == Some("3")
     });
+    // And no further: a whole poll (retention included) has run since.
+    broker.wait_poll(&db);
     let left = db
         .value("SELECT string_agg(job_name, ',' ORDER BY id) FROM broker_jobs")
         .unwrap_or_default();
@@ -287,10 +289,12 @@ fn retention_can_be_turned_off() {
     let id =
         db.add_job("broker_add_job('old', 'SELECT 1', 2, run_after => now() + interval '1 day')");
     db.exec(&format!("UPDATE broker_jobs SET status = 'completed', completed_at = now() - interval '400 days' WHERE id = {id}"));
-    let broker = broker(&db, "  retention_completed: 0\n  retention_failed: 0\n");
-    // The startup poll has run once the broker serves; give it one more tick to be sure.
-    broker.wait_log("serving as instance");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let broker = broker(
+        &db,
+        "  retention_completed: 0\n  retention_failed: 0\n  queue_timer_sec: 1\n",
+    );
+    // A whole poll, retention included, has run since the broker serves.
+    broker.wait_poll(&db);
     assert_eq!(db.status(id), "completed");
 }
 
@@ -388,12 +392,14 @@ fn retention_removes_old_instance_rows() {
     );
     let id = db.add_job("broker_add_job('ran on an old instance', 'SELECT 1', run_after => now() + interval '1 day')");
     db.exec(&format!("UPDATE broker_jobs SET instance_id = (SELECT min(id) FROM broker_queueinstance) WHERE id = {id}"));
-    let _broker = broker(&db, "  retention_failed: 3d\n");
+    let broker = broker(&db, "  retention_failed: 3d\n  queue_timer_sec: 1\n");
     wait_until("old instance rows to go", || {
         db.value("SELECT count(*) FROM broker_queueinstance WHERE name = 'old'")
             .as_deref()
             == Some("0")
     });
+    // A whole poll (retention included) has run since: the recent row is still there.
+    broker.wait_poll(&db);
     assert_eq!(
         db.value("SELECT count(*) FROM broker_queueinstance WHERE name = 'recent'")
             .as_deref(),

@@ -37,30 +37,14 @@ fn add(c: &mut Client, name: &str, sql: &str) -> i64 {
         .get(0)
 }
 
-/// The process state line from /proc ("" when the process is gone).
-fn process_state(broker: &BrokerProcess) -> String {
-    std::fs::read_to_string(format!("/proc/{}/status", broker.pid()))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("State:"))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Still running: neither gone nor a zombie waiting to be reaped.
-fn running(broker: &BrokerProcess) -> bool {
-    let state = process_state(broker);
-    !state.is_empty() && !state.contains('Z')
-}
-
 /// The broker process runs and its active instance's heartbeat is recent.
 fn assert_alive(db: &TestDb, broker: &BrokerProcess) {
-    assert!(
-        running(broker),
-        "the broker process is gone ({}); log:\n{}",
-        process_state(broker),
-        broker.log()
-    );
+    if let Some(status) = broker.exited() {
+        panic!(
+            "the broker process is gone ({status}); log:\n{}",
+            broker.log()
+        );
+    }
     let fresh = db.value(
         "SELECT count(*) FILTER (WHERE now() - heartbeat_at < interval '15 seconds') || '/' || count(*)
            FROM broker_queueinstance WHERE status = 'active'",
@@ -107,18 +91,6 @@ fn completes_promptly(
         check();
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Waits for a log line holding `needle` while the process runs, failing after `HANG`.
-fn wait_log_running(broker: &BrokerProcess, needle: &str) {
-    wait_until(&format!("broker log line {needle:?}"), || {
-        let log = broker.log();
-        assert!(
-            running(broker),
-            "the broker exited before logging {needle:?}; log:\n{log}"
-        );
-        log.contains(needle)
-    });
 }
 
 /// The defence: the poll's dependency settling (broker_settle_dependencies) and every other
@@ -299,7 +271,7 @@ fn squatting_the_instance_lock() {
     let (alice, bob) = (submitter(&db, "alice"), submitter(&db, "bob"));
     let (mut squat, _pid) = squat_instance_lock(&db, &alice);
     let broker = BrokerProcess::start(&db.config("", "  queue_timer_sec: 60\n"));
-    wait_log_running(&broker, "serving as instance");
+    broker.wait_log("serving as instance");
     let mut b = session(&db, &bob);
     let id = add(&mut b, "bob", "SELECT 1");
     completes_promptly(&db, &broker, id, || {});

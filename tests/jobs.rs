@@ -2,12 +2,24 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A broker that can only learn of new jobs through NOTIFY (its poll is an hour away).
 fn notify_only_broker(db: &TestDb) -> BrokerProcess {
     let config = db.config("", "  queue_timer_sec: 3600\n");
     BrokerProcess::start_serving(db, &config)
+}
+
+/// A notify-only broker past its startup poll and the claims after it, for `queue`: a job
+/// queued before it started has completed (only that claim could take it). From then on, only
+/// a notification makes it claim in `queue` again.
+fn idle_notify_only_broker(db: &TestDb, queue: i32) -> BrokerProcess {
+    let before = db.add_job(&format!(
+        "broker_add_job('before the start', 'SELECT 1', {queue})"
+    ));
+    let broker = notify_only_broker(db);
+    db.wait_status(before, "completed");
+    broker
 }
 
 #[test]
@@ -75,8 +87,7 @@ fn two_queues_run_at_the_same_time() {
 fn notify_wakes_an_idle_broker() {
     let db = TestDb::new();
     db.install();
-    let _broker = notify_only_broker(&db);
-    std::thread::sleep(Duration::from_millis(500)); // let the startup poll pass: the broker is idle
+    let _broker = idle_notify_only_broker(&db, 1);
     let t = Instant::now();
     let id = db.add_job("broker_add_job('wake', 'SELECT 1')");
     db.wait_status(id, "completed");
@@ -87,8 +98,7 @@ fn notify_wakes_an_idle_broker() {
 fn plain_insert_wakes_the_broker() {
     let db = TestDb::new();
     db.install();
-    let broker = notify_only_broker(&db);
-    std::thread::sleep(Duration::from_millis(500));
+    let broker = idle_notify_only_broker(&db, 2);
     let t = Instant::now();
     let id: i64 = db
         .value("INSERT INTO broker_jobs (job_name, execute_str, job_queue) VALUES ('plain', 'SELECT 2', 2) RETURNING id")

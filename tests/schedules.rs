@@ -45,6 +45,21 @@ fn assert_no_duplicate_due_time(db: &TestDb, schedule: i64) {
     assert_eq!(missing, 0, "jobs without a whole-second due time");
 }
 
+/// Waits until the every-second schedule `marker` has a job for a due time at least 2 s after
+/// `since` (the database's clock): the scheduler has run since, at a time when every other
+/// every-second schedule was due as well.
+fn wait_fired_after(db: &TestDb, marker: i64, since: &str) {
+    wait_until("the marker schedule to fire", || {
+        count(
+            db,
+            &format!(
+                "SELECT count(*) FROM broker_jobs WHERE schedule_id = {marker}
+                   AND scheduled_for >= '{since}'::timestamptz + interval '2 seconds'"
+            ),
+        ) > 0
+    });
+}
+
 #[test]
 fn seconds_schedule_fires_once_per_due_time_across_a_restart() {
     let db = TestDb::new();
@@ -157,7 +172,12 @@ fn disable_stops_firing_and_enable_resumes() {
         .as_deref(),
         Some("false true")
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // Another every-second schedule fires for due times after the disable; the disabled one
+    // would have been due with it.
+    let disabled_at = db.value("SELECT now()::text").expect("now");
+    let marker =
+        db.add_job("broker_add_schedule('marker', '* * * * * *', 'SELECT 1', overlap => true)");
+    wait_fired_after(&db, marker, &disabled_at);
     assert_eq!(jobs_of(&db, id), at_disable, "a disabled schedule fired");
     db.value(&format!("SELECT broker_enable_schedule({id})"));
     wait_until("firing again after enable", || {
@@ -179,7 +199,8 @@ fn disable_stops_firing_and_enable_resumes() {
         &db,
         "SELECT count(*) FROM broker_jobs WHERE job_name = 'tick' AND schedule_id IS NULL",
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    let removed_at = db.value("SELECT now()::text").expect("now");
+    wait_fired_after(&db, marker, &removed_at);
     assert_eq!(
         count(
             &db,

@@ -389,11 +389,28 @@ fn cancel_works_over_tls() {
         Some(pki.path("ca.crt")),
     );
     let mut client = db::connect(&db).expect("connect");
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("backend pid")
+        .get(0);
     let token = client.cancel_token();
+    // The cancel goes out once the server shows the sleep running, not before it started.
+    let mut watcher = cluster.client("postgres");
     let canceller = {
         let db = db.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            wait_until("the sleep to run", || {
+                watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                          WHERE pid = $1 AND state = 'active' AND wait_event = 'PgSleep'
+                            AND query = 'SELECT pg_sleep(20)'",
+                        &[&pid],
+                    )
+                    .expect("pg_stat_activity")
+                    .get::<_, i64>(0)
+                    == 1
+            });
             db::cancel(&db, &token)
         })
     };

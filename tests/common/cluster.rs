@@ -7,6 +7,8 @@
 //! let mut client = cluster.client("postgres");       // superuser, over the Unix socket
 //! cluster.restart();                                  // same port, same data
 //! cluster.stop();  cluster.start_again();
+//! let replica = Cluster::replica_of(&cluster);       // a streaming standby, in recovery
+//! replica.promote();
 //! // dropped: stopped (immediate) and its directory removed
 //! ```
 //!
@@ -47,23 +49,7 @@ impl Cluster {
     /// Creates a cluster without starting it, so a test can add files first (certificates,
     /// see [`Cluster::put_file`]). `hba_lines` go before the trust lines of pg_hba.conf.
     pub fn init(conf_lines: &[&str], hba_lines: &[&str]) -> Cluster {
-        let bin = pg_bin();
-        let owner = server_owner();
-        let dir = std::env::temp_dir().join(format!(
-            "pgsql-broker-cluster-{}-{}",
-            std::process::id(),
-            CLUSTERS.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create cluster directory");
-        let cluster = Cluster {
-            dir,
-            bin,
-            port: free_port(),
-            running: false,
-            owner,
-        };
-        cluster.chown(&cluster.dir.clone());
+        let cluster = Cluster::empty();
         let data = cluster.data_dir();
         let out = cluster.run(
             "initdb",
@@ -96,6 +82,68 @@ impl Cluster {
             let new = format!("{}\n{old}", hba_lines.join("\n"));
             std::fs::write(&hba, new).expect("write pg_hba.conf");
         }
+        cluster
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started: a server in recovery
+    /// until [`Cluster::promote`].
+    pub fn replica_of(primary: &Cluster) -> Cluster {
+        let mut replica = Cluster::empty();
+        let data = replica.data_dir();
+        let port = primary.port().to_string();
+        replica.run_ok(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        // The copied configuration points the socket into the primary's directory.
+        append(
+            &data.join("postgresql.conf"),
+            &format!("\nunix_socket_directories = '{}'\n", path_str(&replica.dir)),
+        );
+        replica.start_again();
+        replica
+    }
+
+    /// Promotes a replica (see [`Cluster::replica_of`]) to a primary, waiting until it is one.
+    pub fn promote(&self) {
+        self.run_ok(
+            "pg_ctl",
+            &["-D", path_str(&self.data_dir()), "-w", "promote"],
+        );
+    }
+
+    /// A directory of its own, without a data directory yet.
+    fn empty() -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "pgsql-broker-cluster-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create cluster directory");
+        let cluster = Cluster {
+            dir,
+            bin: pg_bin(),
+            port: free_port(),
+            running: false,
+            owner: server_owner(),
+        };
+        cluster.chown(&cluster.dir);
         cluster
     }
 
@@ -272,6 +320,16 @@ impl Cluster {
             .current_dir(&self.dir)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+    }
+
+    /// [`Cluster::run`], failing the test unless the program succeeds.
+    fn run_ok(&self, program: &str, args: &[&str]) {
+        let out = self.run(program, args);
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            output_text(&out)
+        );
     }
 
     fn chown(&self, path: &Path) {

@@ -12,7 +12,8 @@ pub mod cluster;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
@@ -304,11 +305,17 @@ fn command(env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// A `pgsql-broker start` process; killed if still running when dropped.
+/// A `pgsql-broker` process (normally `start`), its stderr in a log file; killed (SIGKILL) if
+/// still running when dropped. The one broker-process helper of the tests.
 pub struct BrokerProcess {
-    child: Child,
+    /// Behind a lock so that `&self` methods can see whether it exited.
+    child: Mutex<Child>,
     log: PathBuf,
 }
+
+/// Queue numbers for [`BrokerProcess::wait_poll`]'s markers: far above any `queue_count`, and
+/// never the same twice in a test binary (the broker reports each queue once per process).
+static MARKER_QUEUES: AtomicI32 = AtomicI32::new(1_000_000);
 
 impl BrokerProcess {
     pub fn start(config: &Path) -> BrokerProcess {
@@ -316,12 +323,19 @@ impl BrokerProcess {
     }
 
     pub fn start_env(config: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        Self::start_args_env(config, &["start"], env)
+    }
+
+    /// Runs `--config <config> <args...>` (e.g. `start --standby`) in the config's directory.
+    pub fn start_args(config: &Path, args: &[&str]) -> BrokerProcess {
+        Self::start_args_env(config, args, &[])
+    }
+
+    fn start_args_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
         let dir = config.parent().map_or_else(empty_dir, Path::to_path_buf);
-        Self::spawn_in(
-            &dir,
-            &["--config", config.to_str().unwrap_or_default(), "start"],
-            env,
-        )
+        let mut all = vec!["--config", config.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        Self::spawn_in(&dir, &all, env)
     }
 
     /// Runs the binary with `args` as given (e.g. `start --log-level debug`) in the working
@@ -339,27 +353,26 @@ impl BrokerProcess {
             .stderr(file)
             .spawn()
             .expect("spawn pgsql-broker");
-        BrokerProcess { child, log }
+        BrokerProcess {
+            child: Mutex::new(child),
+            log,
+        }
     }
 
     /// Starts the broker and waits until it serves the database.
     pub fn start_serving(db: &TestDb, config: &Path) -> BrokerProcess {
-        let mut p = Self::start(config);
+        let p = Self::start(config);
         let _ = db;
-        wait_until("the broker to serve", || {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!(
-                    "broker exited with {status} before serving; log:\n{}",
-                    p.log()
-                );
-            }
-            p.log().contains("serving as instance")
-        });
+        p.wait_log("serving as instance");
         p
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
     }
 
     pub fn log(&self) -> String {
@@ -370,10 +383,53 @@ impl BrokerProcess {
         s
     }
 
+    /// How the process ended, or None while it runs.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.child().try_wait().expect("try_wait")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// Waits for a log line holding `needle`; fails at once if the process exits without
+    /// having logged it, and after `HANG`.
     pub fn wait_log(&self, needle: &str) {
         wait_until(&format!("broker log line {needle:?}"), || {
-            self.log().contains(needle)
+            if self.log().contains(needle) {
+                return true;
+            }
+            if let Some(status) = self.exited() {
+                // It may have written the line just before it exited.
+                let log = self.log();
+                assert!(
+                    log.contains(needle),
+                    "broker exited with {status} before logging {needle:?}; log:\n{log}"
+                );
+                return true;
+            }
+            false
         });
+    }
+
+    /// Waits until the listener of `db` has run a whole poll (recovery, dependencies,
+    /// retention, schedules) that began after this call, so a test can then assert what the
+    /// poll did not do. The event: the poll's report of jobs in queues above `queue_count`
+    /// (after everything else it does), about a marker job added now; two markers, one after
+    /// the other's report, since the first may be reported by a poll already under way. The
+    /// markers are deleted again. The broker must poll (`queue_timer_sec`) to get there.
+    pub fn wait_poll(&self, db: &TestDb) {
+        for _ in 0..2 {
+            let queue = MARKER_QUEUES.fetch_add(1, Ordering::SeqCst);
+            let id = db.add_job(&format!(
+                "broker_add_job('poll marker', 'SELECT 1', {queue})"
+            ));
+            self.wait_log(&format!(
+                "database {}: jobs in queue {queue} will not run",
+                db.name
+            ));
+            db.exec(&format!("DELETE FROM broker_jobs WHERE id = {id}"));
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -386,11 +442,18 @@ impl BrokerProcess {
         );
     }
 
+    /// kill -9, and waits until the process is gone.
+    pub fn kill(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Waits for the process to exit, failing after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.exited() {
                 return status;
             }
             assert!(
@@ -405,7 +468,6 @@ impl BrokerProcess {
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
