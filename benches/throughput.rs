@@ -13,6 +13,11 @@
 //!    before the broker starts; time from process start until none is pending or running.
 //! 2. `latency`: 200 jobs added one at a time, 20 ms apart, to an idle broker; enqueue→start
 //!    in the server's clock (the job records clock_timestamp(), compared with its created_at).
+//!    Before the broker starts, the same cadence measures the floor under that number on this
+//!    server: a bare INSERT committed the same way, whose trigger notifies a LISTENing session
+//!    that then reads the server's clock (one round trip, as a job's start needs at least one).
+//!    The floor is the submitter's commit (its WAL flush) plus the notification's delivery; the
+//!    difference is the broker's own share (claim, channel, start).
 //! 3. `not-due`: the drain of scenario 1, without and with 100000 not-yet-due priority-10 jobs
 //!    (run_after = now() + 1 day) in the same queues.
 //! 4. `rss`: peak RSS (VmHWM) of the broker while 2 databases x 4 queues drain BENCH_JOBS jobs
@@ -45,6 +50,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -96,15 +102,24 @@ fn run() -> Result<()> {
     if only.contains(&"latency") {
         let l = bench.latency()?;
         println!(
+            "2. latency floor: {LATENCY_JOBS} bare INSERTs committed one at a time, {} ms apart, \
+             seen through LISTEN/NOTIFY (server clock, commit start -> the listener's next \
+             statement): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+            LATENCY_GAP.as_millis(),
+            l.floor.percentile(0.50),
+            l.floor.percentile(0.95),
+            l.floor.percentile(0.99)
+        );
+        println!(
             "2. latency: {LATENCY_JOBS} jobs added one at a time, {} ms apart, to an idle broker, \
              enqueue->start (server clock, job id {}): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, \
              max {:.2} ms",
             LATENCY_GAP.as_millis(),
             l.id_source,
-            l.percentile(0.50),
-            l.percentile(0.95),
-            l.percentile(0.99),
-            l.percentile(1.0)
+            l.start.percentile(0.50),
+            l.start.percentile(0.95),
+            l.start.percentile(0.99),
+            l.start.percentile(1.0)
         );
     }
     if only.contains(&"not-due") {
@@ -268,6 +283,7 @@ impl Bench {
             "CREATE TABLE bench_latency (job bigint PRIMARY KEY, started timestamptz NOT NULL);
              CREATE TABLE bench_probe (job text)",
         )?;
+        let floor = self.latency_floor(&scratch.name)?;
         let mut broker = BrokerProcess::start(&self.bin, &config)?;
 
         // Warm-up, one job per queue, which also learns whether the broker tells a job its id
@@ -322,19 +338,67 @@ impl Bench {
                JOIN broker_jobs j ON j.id = s.id",
             &[&keys, &ids],
         )?;
-        let mut ms: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
+        let ms: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
         if ms.len() != LATENCY_JOBS {
             return Err(format!("{} of {LATENCY_JOBS} latency jobs recorded", ms.len()).into());
         }
-        ms.sort_by(f64::total_cmp);
         Ok(Latency {
-            ms,
+            start: Samples::new(ms),
+            floor,
             id_source: if guc {
                 "from GUC broker.job_id"
             } else {
                 "absent from GUC broker.job_id, passed in the job's SQL"
             },
         })
+    }
+
+    /// The floor under scenario 2 on this server (see the module doc): what a submission's
+    /// commit and its notification cost before any broker is involved.
+    fn latency_floor(&self, database: &str) -> Result<Samples> {
+        let mut submitter = self.server.connect(database)?;
+        submitter.batch_execute(
+            "CREATE TABLE bench_floor (i int PRIMARY KEY, created timestamptz NOT NULL DEFAULT now());
+             CREATE FUNCTION bench_floor_notify() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_notify('bench_floor', NEW.i::text); RETURN NULL; END $$;
+             CREATE TRIGGER bench_floor_notify AFTER INSERT ON bench_floor
+               FOR EACH ROW EXECUTE FUNCTION bench_floor_notify()",
+        )?;
+        let mut listener = self.server.connect(database)?;
+        listener.batch_execute("LISTEN bench_floor")?;
+        let seen = std::thread::spawn(move || -> Result<Vec<f64>, String> {
+            let clock = listener
+                .prepare(
+                    "SELECT extract(epoch FROM clock_timestamp() - created)::float8 * 1000
+                       FROM bench_floor WHERE i = $1",
+                )
+                .map_err(|e| e.to_string())?;
+            let mut ms = Vec::with_capacity(LATENCY_JOBS);
+            while ms.len() < LATENCY_JOBS {
+                let payload = listener
+                    .notifications()
+                    .timeout_iter(Duration::from_secs(10))
+                    .next()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no notification within 10 s")?
+                    .payload()
+                    .to_string();
+                let i: i32 = payload.parse().map_err(|e| format!("payload: {e}"))?;
+                ms.push(listener.query_one(&clock, &[&i]).map_err(|e| e.to_string())?.get(0));
+            }
+            Ok(ms)
+        });
+        let insert = submitter.prepare("INSERT INTO bench_floor (i) VALUES ($1)")?;
+        let mut next = Instant::now();
+        for i in 0..LATENCY_JOBS as i32 {
+            sleep(next.saturating_duration_since(Instant::now()));
+            next += LATENCY_GAP;
+            submitter.execute(&insert, &[&i])?;
+        }
+        let ms = seen
+            .join()
+            .map_err(|_| "the floor's listener thread panicked")??;
+        Ok(Samples::new(ms))
     }
 
     /// Writes the broker's configuration for these databases (mode 0600: it may hold a password).
@@ -364,12 +428,24 @@ impl Drain {
 }
 
 struct Latency {
-    /// Sorted, in milliseconds.
-    ms: Vec<f64>,
+    /// Enqueue -> start of each job.
+    start: Samples,
+    /// The same cadence without a broker: commit -> notification seen (see the module doc).
+    floor: Samples,
     id_source: &'static str,
 }
 
-impl Latency {
+/// Milliseconds, sorted.
+struct Samples {
+    ms: Vec<f64>,
+}
+
+impl Samples {
+    fn new(mut ms: Vec<f64>) -> Samples {
+        ms.sort_by(f64::total_cmp);
+        Samples { ms }
+    }
+
     /// Nearest-rank percentile; `p` = 1.0 is the maximum.
     fn percentile(&self, p: f64) -> f64 {
         let rank = (p * self.ms.len() as f64).ceil() as usize;
