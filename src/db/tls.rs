@@ -107,11 +107,14 @@ impl MakeTls {
                         )
                     })?
             }
-            (Verify::Chain, Some(roots)) => Arc::new(ChainOnly {
-                roots: Arc::new(roots),
+            (Verify::Chain, Some(roots)) => Arc::new(ChainVerifier {
+                roots: Some(Arc::new(roots)),
                 supported,
             }),
-            _ => Arc::new(NoVerification { supported }),
+            _ => Arc::new(ChainVerifier {
+                roots: None,
+                supported,
+            }),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -154,15 +157,19 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// verify-ca: the chain must lead to a trusted root (with validity dates and the server-auth
-/// purpose checked), but the host name is not compared, as libpq's verify-ca.
+/// The verifier for every sslmode but verify-full (which uses rustls' own, host name included).
+/// With `roots` (verify-ca, or require with a root certificate) the chain must lead to a
+/// trusted root, with validity dates and the server-auth purpose checked, but the host name is
+/// not compared, as libpq's verify-ca. Without (require, prefer, allow) it is encryption
+/// against eavesdropping only, as libpq. Either way the handshake signature is checked, so the
+/// session key belongs to whoever holds the presented certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainVerifier {
+    roots: Option<Arc<RootCertStore>>,
     supported: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -171,57 +178,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.supported.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.supported)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.supported)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.supported.supported_schemes()
-    }
-}
-
-/// require (without a root certificate), prefer, allow: encryption against eavesdropping only,
-/// as libpq. The handshake signature is still checked, so the session key belongs to whoever
-/// holds the presented certificate's key.
-#[derive(Debug)]
-struct NoVerification {
-    supported: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.supported.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
