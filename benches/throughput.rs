@@ -384,7 +384,12 @@ impl Bench {
                     .payload()
                     .to_string();
                 let i: i32 = payload.parse().map_err(|e| format!("payload: {e}"))?;
-                ms.push(listener.query_one(&clock, &[&i]).map_err(|e| e.to_string())?.get(0));
+                ms.push(
+                    listener
+                        .query_one(&clock, &[&i])
+                        .map_err(|e| e.to_string())?
+                        .get(0),
+                );
             }
             Ok(ms)
         });
