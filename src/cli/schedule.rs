@@ -233,25 +233,27 @@ fn change(
     let id = match which.trim().parse::<i64>() {
         Ok(id) => id,
         Err(_) => match db::schedule_ids_named(&mut client, which) {
-            Ok(ids) if ids.len() == 1 => ids[0],
-            Ok(ids) if ids.is_empty() => {
-                eprintln!(
-                    "pgsql-broker: no schedule named {which:?} in database {}",
-                    db.name
-                );
-                return Ok(1);
-            }
-            Ok(ids) => {
-                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-                eprintln!(
-                    "pgsql-broker: {} schedules are named {which:?} in database {} (ids {}); \
-                     give the id",
-                    ids.len(),
-                    db.name,
-                    ids.join(", ")
-                );
-                return Ok(1);
-            }
+            Ok(ids) => match ids.as_slice() {
+                [id] => *id,
+                [] => {
+                    eprintln!(
+                        "pgsql-broker: no schedule named {which:?} in database {}",
+                        db.name
+                    );
+                    return Ok(1);
+                }
+                several => {
+                    let ids: Vec<String> = several.iter().map(i64::to_string).collect();
+                    eprintln!(
+                        "pgsql-broker: {} schedules are named {which:?} in database {} (ids {}); \
+                         give the id",
+                        ids.len(),
+                        db.name,
+                        ids.join(", ")
+                    );
+                    return Ok(1);
+                }
+            },
             Err(e) => return refused(db, "finding the schedule", "finding the schedule", e),
         },
     };
