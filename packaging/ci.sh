@@ -79,7 +79,7 @@ done
 for c in $(grep -oE 'argh\(subcommand, name = "[a-z-]+"' src/cli/*.rs | grep -oE '"[a-z-]+"' | tr -d '"'); do
     grep -qE "^\.B(R|I)? .*\b$c\b" packaging/pgsql-broker.1 || missing+=("pgsql-broker.1: command $c")
 done
-for o in $(awk '/#\[argh\((option|switch)/ { getline; sub(/^[[:space:]]*/, ""); sub(/:.*/, ""); print }' src/cli/*.rs | sort -u); do
+for o in $(awk '/#\[argh\((option|switch)/ { getline; sub(/^[[:space:]]*/, ""); sub(/^pub(\([^)]*\))?[[:space:]]+/, ""); sub(/:.*/, ""); print }' src/cli/*.rs | sort -u); do
     roff="\\-\\-${o//_/\\-}"
     grep -qF -- "$roff" packaging/pgsql-broker.1 || missing+=("pgsql-broker.1: option --${o//_/-}")
 done

@@ -156,22 +156,27 @@ CREATE TRIGGER broker_jobs_notify
     REFERENCING NEW TABLE AS broker_new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION broker_jobs_notify();
 
--- Whoever is not the broker may change a job in one way only: pending to cancelled. That holds
--- for broker_admin members too, who see every job: rewriting a job's SQL or role would let
--- them run it with privileges they lack.
+-- Whoever is not the broker may change a job in two ways only: pending to cancelled, and
+-- failed or cancelled back to pending (a retry: nothing else may change, broker_jobs_retry
+-- below fills in the rest). That holds for broker_admin members too, who see every job:
+-- rewriting a job's SQL or role would let them run it with privileges they lack.
 CREATE OR REPLACE FUNCTION broker_jobs_before_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     allowed broker_jobs;
 BEGIN
     allowed := OLD;
-    allowed.status := 'cancelled';
-    allowed.error_text := NEW.error_text;
-    allowed.completed_at := NEW.completed_at;
-    IF OLD.status <> 'pending' OR NEW IS DISTINCT FROM allowed THEN
-        RAISE EXCEPTION 'role % may only cancel pending job %, not change it otherwise',
+    IF OLD.status IN ('failed', 'cancelled') AND NEW.status = 'pending' THEN
+        allowed.status := 'pending';
+    ELSE
+        allowed.status := 'cancelled';
+        allowed.error_text := NEW.error_text;
+        allowed.completed_at := NEW.completed_at;
+    END IF;
+    IF OLD.status NOT IN ('pending', 'failed', 'cancelled') OR NEW IS DISTINCT FROM allowed THEN
+        RAISE EXCEPTION 'role % may only cancel pending job % or retry it once failed or cancelled, not change it otherwise',
                 quote_ident(current_user), OLD.id
-            USING ERRCODE = '42501', HINT = 'Use broker_cancel_job(id).';
+            USING ERRCODE = '42501', HINT = 'Use broker_cancel_job(id) or broker_retry_job(id).';
     END IF;
     RETURN NEW;
 END
@@ -191,6 +196,66 @@ BEGIN
         (SELECT relowner FROM pg_class WHERE oid = 'broker_jobs'::regclass));
 END
 $when$;
+
+-- A failed or cancelled job set back to pending (broker_retry_job, or a plain UPDATE ... SET
+-- status = 'pending' that the rule above allows) is a retry, whoever makes it: unclaimed, with
+-- at least one more attempt allowed (max_attempts becomes attempts + 1 when the job had used
+-- them all; a job cancelled before using its attempts keeps them), its error_text cleared (the
+-- error of every failed attempt stays in attempt_errors), waiting for its dependencies that
+-- have not completed, delayed while its run_after is in the future, and no cancel left over
+-- from its last run. A dependency that failed or was cancelled must be retried first; a job
+-- whose owner may no longer run as its run_as is not run again. The broker hears of it at once.
+CREATE OR REPLACE FUNCTION broker_jobs_retry() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT dj.id, dj.status INTO bad
+      FROM broker_job_dependencies d JOIN broker_jobs dj ON dj.id = d.depends_on
+     WHERE d.job_id = NEW.id AND dj.status IN ('failed', 'cancelled')
+     ORDER BY dj.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'job % depends on job %, which is %; retry job % first', NEW.id, bad.id,
+                bad.status, bad.id
+            USING ERRCODE = '55000',
+                  HINT = 'Retrying a job also retries the dependents that were cancelled because it ended.';
+    END IF;
+    IF NEW.run_as IS NOT NULL
+       AND NOT coalesce(pg_has_role(to_regrole(quote_ident(NEW.owner)),
+                                    to_regrole(quote_ident(NEW.run_as)), 'MEMBER'), false) THEN
+        RAISE EXCEPTION 'job % runs as %, which its owner % may no longer use; it is not run again',
+                NEW.id, quote_ident(NEW.run_as), quote_ident(NEW.owner)
+            USING ERRCODE = '42501';
+    END IF;
+    NEW.max_attempts := greatest(OLD.max_attempts, OLD.attempts + 1);
+    NEW.error_text   := NULL;
+    NEW.claim        := NULL;
+    NEW.instance_id  := NULL;
+    NEW.backend_pid  := NULL;
+    NEW.started_at   := NULL;
+    NEW.completed_at := NULL;
+    NEW.waiting      := (SELECT count(*) FROM broker_job_dependencies d
+                           JOIN broker_jobs dj ON dj.id = d.depends_on
+                          WHERE d.job_id = NEW.id AND dj.status <> 'completed');
+    NEW.delayed      := NEW.run_after > now();
+    DELETE FROM broker_cancel_requests WHERE job_id = NEW.id;
+    IF NEW.delayed THEN
+        PERFORM pg_notify('broker_jobs', 'delayed');
+    ELSIF NEW.waiting = 0 THEN
+        PERFORM pg_notify('broker_jobs', NEW.job_queue::text);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broker_jobs_retry ON broker_jobs;
+-- Named to fire after broker_jobs_before_update (triggers fire in name order), which checks
+-- the submitter's change before this one completes it.
+CREATE TRIGGER broker_jobs_retry
+    BEFORE UPDATE OF status ON broker_jobs
+    FOR EACH ROW
+    WHEN (OLD.status IN ('failed', 'cancelled') AND NEW.status = 'pending')
+    EXECUTE FUNCTION broker_jobs_retry();
 
 -- Keeps `waiting` right whoever adds an edge, and settles a job whose dependency already ended.
 CREATE OR REPLACE FUNCTION broker_job_dependencies_insert() RETURNS trigger
@@ -424,6 +489,62 @@ BEGIN
         PERFORM pg_notify('broker_jobs', 'cancel');
     END IF;
     RETURN (SELECT status FROM broker_jobs WHERE id = p_id);
+END
+$$;
+
+-- Retries a failed or cancelled job of the caller's (or any job, for broker_admin members):
+-- who may cancel a job may retry it. The job is pending again with one more attempt allowed
+-- (see broker_jobs_retry), and so are its dependents that were cancelled because it ended
+-- (their error_text says 'dependency ...'), transitively, each waiting for what it depends on;
+-- a dependent the caller may not retry, or with another dependency still failed or cancelled,
+-- stays cancelled. status: the job's status afterwards; dependents: the ids pending again.
+CREATE OR REPLACE FUNCTION broker_retry_job(p_id bigint, OUT status text, OUT dependents bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    j broker_jobs;
+    frontier bigint[] := ARRAY[p_id];
+    revived bigint[];
+    d bigint;
+BEGIN
+    SELECT * INTO j FROM broker_jobs b WHERE b.id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
+    END IF;
+    IF NOT (pg_has_role(current_user, j.owner, 'MEMBER')
+            OR pg_has_role(current_user, 'broker_admin', 'MEMBER')) THEN
+        RAISE EXCEPTION 'role % may not retry job % of %', quote_ident(current_user), p_id,
+                quote_ident(j.owner)
+            USING ERRCODE = '42501';
+    END IF;
+    UPDATE broker_jobs b SET status = 'pending'
+     WHERE b.id = p_id AND b.status IN ('failed', 'cancelled');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % is %; only a failed or cancelled job can be retried', p_id,
+                (SELECT b.status FROM broker_jobs b WHERE b.id = p_id)
+            USING ERRCODE = '55000';
+    END IF;
+    dependents := '{}';
+    WHILE cardinality(frontier) > 0 LOOP
+        revived := '{}';
+        FOR d IN SELECT DISTINCT w.id
+                   FROM broker_job_dependencies e JOIN broker_jobs w ON w.id = e.job_id
+                  WHERE e.depends_on = ANY (frontier) AND w.status = 'cancelled'
+                    AND w.error_text LIKE 'dependency %'
+                  ORDER BY w.id
+        LOOP
+            BEGIN
+                UPDATE broker_jobs b SET status = 'pending' WHERE b.id = d AND b.status = 'cancelled';
+                IF FOUND THEN
+                    revived := revived || d;
+                END IF;
+            EXCEPTION WHEN object_not_in_prerequisite_state OR insufficient_privilege THEN
+                NULL; -- another dependency still failed or cancelled, or not the caller's to retry
+            END;
+        END LOOP;
+        dependents := dependents || revived;
+        frontier := revived;
+    END LOOP;
+    status := (SELECT b.status FROM broker_jobs b WHERE b.id = p_id);
 END
 $$;
 
@@ -1102,12 +1223,17 @@ $$;
 ALTER FUNCTION broker_job_dependencies_insert() SECURITY DEFINER;
 ALTER FUNCTION broker_jobs_after_end() SECURITY DEFINER;
 ALTER FUNCTION broker_job_id_assigned(bigint) SECURITY DEFINER;
+-- A retry's bookkeeping reads dependencies and clears cancels the caller may not see; the
+-- caller's right to retry was checked by row-level security and broker_jobs_before_update.
+ALTER FUNCTION broker_jobs_retry() SECURITY DEFINER;
 
 -- The broker's own steps around a job never wait long on a lock some other session holds
 -- (their row locks are SKIP LOCKED already; this bounds what remains, e.g. catalog locks).
 ALTER FUNCTION broker_run(bigint, bigint, boolean, bigint) SET lock_timeout = '5s';
 ALTER FUNCTION broker_set(bigint, bigint, text, text, float8) SET lock_timeout = '5s';
 ALTER FUNCTION broker_prepare_runner(oid) SET lock_timeout = '5s';
+-- An operator's retry reports a job some session holds locked rather than wait for it.
+ALTER FUNCTION broker_retry_job(bigint) SET lock_timeout = '5s';
 
 -- Every function resolves names in pg_catalog, then the install schema, then (last) pg_temp:
 -- a caller's temp table named like ours, or its search_path, must not redirect the broker.
@@ -1141,7 +1267,8 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.proname IN ('broker_add_job', 'broker_cancel_job', 'broker_add_schedule',
+              WHERE p.proname IN ('broker_add_job', 'broker_cancel_job', 'broker_retry_job',
+                                  'broker_add_schedule',
                                   'broker_remove_schedule', 'broker_enable_schedule',
                                   'broker_disable_schedule')
                 AND p.pronamespace = current_schema()::regnamespace

@@ -1,7 +1,12 @@
-//! The command line: `pgsql-broker [--config F] [--log-level L] <start|install|status|add>`.
+//! The command line: `pgsql-broker [--config F] [--log-level L] <command>`, the commands being
+//! `start`, `install`, `status`, `jobs`, `add`, `cancel`, `retry` and `schedule`.
 //! Global options may also follow the command, as the original broker's README types them
 //! (`pgsql-broker start --config broker.yaml`): [`hoist_global_options`](crate::cli::hoist_global_options) moves them ahead.
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+//!
+//! This module parses and dispatches; `args` holds the argh structs, `status`, `jobs` and
+//! `schedule` the operator commands (each checks its options before anything connects, then
+//! runs through the typed calls of `db`), `format` how they print.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,143 +16,24 @@ use argh::FromArgs;
 use crate::config::{self as cfg, Config, ConfigError, DatabaseConfig};
 use crate::db;
 use crate::db::install;
-use crate::error::describe;
-use crate::error::Error;
-use crate::job::{self, NewJob};
+use crate::error::{describe, Error};
 use crate::logging;
 use crate::runtime::broker::Broker;
 use crate::runtime::shutdown;
-use crate::schedule::cron;
 use postgres::error::SqlState;
 
-/// A job broker for PostgreSQL: jobs are rows in broker_jobs, the broker runs their SQL.
-#[derive(FromArgs, Debug)]
-#[argh(
-    help_triggers("-h", "--help", "help"),
-    note = "Global options may also follow the command: pgsql-broker start --config broker.yaml.
-Without --config the configuration is $PGSQL_BROKER_CONFIG, ./broker.yaml, ./broker.json or
-/etc/pgsql-broker/broker.yaml, the first that exists; with none, PGSQL_BROKER_DB_<NAME>_<KEY>
-variables define the databases, and without those the libpq variables (PGHOST, ...) one."
-)]
-pub struct Cli {
-    /// config file (.yaml/.yml or .json); default: $PGSQL_BROKER_CONFIG, else ./broker.yaml,
-    /// ./broker.json, /etc/pgsql-broker/broker.yaml, else the environment
-    /// (PGSQL_BROKER_DB_* variables, else PGHOST, PGPORT, PGUSER, PGDATABASE)
-    #[argh(option, short = 'c')]
-    config: Option<PathBuf>,
-    /// log level: error, warn, info, debug or trace, any case (overrides config and environment)
-    #[argh(option)]
-    log_level: Option<String>,
-    /// log format: text or json (overrides config and environment)
-    #[argh(option)]
-    log_format: Option<String>,
-    /// print the version and exit
-    #[argh(switch)]
-    version: bool,
-    #[argh(subcommand)]
-    command: Option<Command>,
-}
+/// The argh structs and the table of options that take a value.
+mod args;
+/// Tables, times and durations as the commands print them.
+mod format;
+/// `add`, `jobs`, `cancel`, `retry`.
+mod jobs;
+/// `schedule next|add|list|enable|disable|remove`.
+mod schedule;
+/// `status` and `status --json`.
+mod status;
 
-#[derive(FromArgs, Debug)]
-#[argh(subcommand)]
-enum Command {
-    Start(StartCmd),
-    Install(InstallCmd),
-    Status(StatusCmd),
-    Add(AddCmd),
-    Schedule(ScheduleCmd),
-}
-
-/// Run the broker until SIGTERM/SIGINT (installs the schema first if it is missing).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "start", help_triggers("-h", "--help", "help"))]
-struct StartCmd {
-    /// wait for databases another broker instance holds and take them over when it dies
-    /// (instead of exiting); several standby processes share their databases out
-    /// (same as broker.standby: true)
-    #[argh(switch)]
-    standby: bool,
-}
-
-/// Install or upgrade the schema, in one transaction per database.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "install", help_triggers("-h", "--help", "help"))]
-struct InstallCmd {
-    /// only check: list what is missing or outdated, exit 1 if anything is
-    #[argh(switch)]
-    verify_only: bool,
-    /// only this configured database (by name)
-    #[argh(option)]
-    database: Option<String>,
-}
-
-/// Show the active instance and job counts per queue and status.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status", help_triggers("-h", "--help", "help"))]
-struct StatusCmd {
-    /// only this configured database (by name)
-    #[argh(option)]
-    database: Option<String>,
-}
-
-/// Submit a job (as broker_add_job does) and print its id.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "add", help_triggers("-h", "--help", "help"))]
-struct AddCmd {
-    /// the SQL to run
-    #[argh(positional)]
-    sql: String,
-    /// job name
-    #[argh(option, default = "String::new()")]
-    name: String,
-    /// queue number (default 1)
-    #[argh(option, default = "1")]
-    queue: i32,
-    /// priority, higher first (default 0)
-    #[argh(option, default = "0")]
-    priority: i32,
-    /// sql or plpgsql (default sql)
-    #[argh(option, default = "String::from(\"sql\")")]
-    language: String,
-    /// role the job runs as
-    #[argh(option)]
-    run_as: Option<String>,
-    /// application user visible to the job as broker.user_login
-    #[argh(option)]
-    user_login: Option<String>,
-    /// configured database to submit to (default: the first)
-    #[argh(option)]
-    database: Option<String>,
-}
-
-/// Global options that take a value; each may come before or after the command.
-const GLOBAL_VALUE_OPTIONS: [&str; 4] = ["-c", "--config", "--log-level", "--log-format"];
-/// Global switches, hoisted like the options.
-const GLOBAL_SWITCHES: [&str; 1] = ["--version"];
-
-/// For each command (path of subcommand names), its own options that take a value. The
-/// hoisting pass must know them so it never takes their values for global options
-/// (`add --name --config 'SQL'` names the job `--config`). `tests::option_table_matches_argh`
-/// checks this table against the argh definitions above.
-const COMMAND_VALUE_OPTIONS: &[(&str, &[&str])] = &[
-    ("start", &[]),
-    ("install", &["--database"]),
-    ("status", &["--database"]),
-    (
-        "add",
-        &[
-            "--name",
-            "--queue",
-            "--priority",
-            "--language",
-            "--run-as",
-            "--user-login",
-            "--database",
-        ],
-    ),
-    ("schedule", &[]),
-    ("schedule next", &["--tz", "--count", "--after"]),
-];
+use args::*;
 
 /// Moves the global options (`-c F`, `--config F`, `--config=F`, `--log-level L`,
 /// `--log-format F`, `--version`) ahead of the command, wherever they are, so argh (which only
@@ -262,11 +148,16 @@ pub fn main(args: &[String]) -> i32 {
         return 0;
     }
     let Some(command) = cli.command.as_ref() else {
-        return usage_error("a command is required: start, install, status, add or schedule");
+        return usage_error(
+            "a command is required: start, install, status, jobs, add, cancel, retry or schedule",
+        );
     };
     // Checking an expression needs neither a configuration nor a database.
-    if let Command::Schedule(cmd) = command {
-        return schedule(cmd);
+    if let Command::Schedule(ScheduleCmd {
+        command: ScheduleCommand::Next(next),
+    }) = command
+    {
+        return schedule::next(next);
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let (config, source) = match load_config(&cli, &env, &cfg::search_path(&env)) {
@@ -276,15 +167,21 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    // What the command works on, checked before anything connects or logs.
-    let target = match command {
-        Command::Install(InstallCmd { database, .. }) | Command::Status(StatusCmd { database }) => {
-            selected(&config, database.as_deref()).map(|_| ())
+    // What the command works on and its options, checked before anything connects or logs.
+    let checked = match command {
+        Command::Install(InstallCmd { database, .. })
+        | Command::Status(StatusCmd { database, .. }) => {
+            selected(&config, database.as_deref()).map(drop)
         }
-        Command::Add(cmd) => add_target(&config, cmd).map(|_| ()),
-        Command::Start(_) | Command::Schedule(_) => Ok(()),
+        Command::Jobs(cmd) => jobs::check_list(&config, cmd),
+        Command::Add(cmd) => jobs::check_add(&config, cmd),
+        Command::Cancel(CancelCmd { database, .. }) | Command::Retry(RetryCmd { database, .. }) => {
+            one_database(&config, database.as_deref()).map(drop)
+        }
+        Command::Schedule(cmd) => schedule::check(&config, &cmd.command),
+        Command::Start(_) => Ok(()),
     };
-    if let Err(e) = target {
+    if let Err(e) = checked {
         return usage_error(e);
     }
     if let Err(e) = logging::init(&config.logging, config.broker.enable_debug) {
@@ -305,9 +202,12 @@ pub fn main(args: &[String]) -> i32 {
             start(config)
         }
         Command::Install(cmd) => run_install(&config, cmd),
-        Command::Status(cmd) => status(&config, cmd.database.as_deref()),
-        Command::Add(cmd) => add(&config, cmd),
-        Command::Schedule(cmd) => Ok(schedule(cmd)),
+        Command::Status(cmd) => status::run(&config, cmd),
+        Command::Jobs(cmd) => jobs::list(&config, cmd),
+        Command::Add(cmd) => jobs::add(&config, cmd),
+        Command::Cancel(cmd) => jobs::cancel(&config, cmd),
+        Command::Retry(cmd) => jobs::retry(&config, cmd),
+        Command::Schedule(cmd) => schedule::run(&config, &cmd.command),
     };
     match result {
         Ok(code) => code,
@@ -394,23 +294,85 @@ fn selected<'a>(config: &'a Config, name: Option<&str>) -> Result<Vec<&'a Databa
     })
 }
 
-/// The database `add` submits to, after checking that a worker there serves `--queue`.
-fn add_target<'a>(config: &'a Config, cmd: &AddCmd) -> Result<&'a DatabaseConfig, String> {
-    let db = match &cmd.database {
-        Some(name) => find_database(config, name)?,
+/// The configured database a command that changes one works on: `--database`, else the first.
+fn one_database<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a DatabaseConfig, String> {
+    match name {
+        Some(name) => find_database(config, name),
         None => config
             .databases
             .first()
-            .ok_or("the configuration names no database")?,
-    };
-    if cmd.queue < 1 || i64::from(cmd.queue) > i64::from(db.queue_count) {
+            .ok_or_else(|| "the configuration names no database".to_string()),
+    }
+}
+
+/// Checks that database `db` serves queue `queue` (`--queue` of `add` and `schedule add`).
+fn check_queue(db: &DatabaseConfig, queue: i32) -> Result<(), String> {
+    if queue < 1 || i64::from(queue) > i64::from(db.queue_count) {
         return Err(format!(
-            "--queue {}: database {} has queues 1 to {} (its queue_count); a job in another \
+            "--queue {queue}: database {} has queues 1 to {} (its queue_count); a job in another \
              queue would never run",
-            cmd.queue, db.name, db.queue_count
+            db.name, db.queue_count
         ));
     }
-    Ok(db)
+    Ok(())
+}
+
+/// A refusal from the database as the person at the terminal needs it: SQLSTATE, message and
+/// hint, without the "Failing row contains (...)" detail, which repeats the whole job, SQL and
+/// all.
+fn refusal(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
+            if let Some(detail) = db
+                .detail()
+                .filter(|d| !d.starts_with("Failing row contains"))
+            {
+                s.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(&format!(" (hint: {hint})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+/// True when a statement failed because the broker's tables or functions are missing.
+fn schema_missing(e: &postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE
+        || *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_FUNCTION)
+}
+
+/// Reports a statement of a command that the database refused, on standard error, and gives
+/// exit status 1: a missing schema with how to install it, anything else with `what` and the
+/// server's SQLSTATE and message. An error that is not the server's answer (the connection
+/// broke) is returned, to be logged as the broker's errors are.
+fn refused(
+    db: &DatabaseConfig,
+    what: &str,
+    action: &'static str,
+    e: postgres::Error,
+) -> Result<i32, Error> {
+    if e.as_db_error().is_none() {
+        return Err(Error::Sql {
+            database: db.name.clone(),
+            action,
+            source: e,
+        });
+    }
+    if schema_missing(&e) {
+        eprintln!(
+            "pgsql-broker: database {}: the broker schema is missing or incomplete ({}) — run \
+             `pgsql-broker install`",
+            db.name,
+            describe(&e)
+        );
+    } else {
+        eprintln!("pgsql-broker: {what}: {}", refusal(&e));
+    }
+    Ok(1)
 }
 
 fn run_install(config: &Config, cmd: &InstallCmd) -> Result<i32, Error> {
@@ -449,177 +411,6 @@ fn run_install(config: &Config, cmd: &InstallCmd) -> Result<i32, Error> {
         }
     }
     Ok(code)
-}
-
-/// Prints each database's instance and job counts. A database without the schema is reported
-/// as such (exit 1), and the other databases are still shown.
-fn status(config: &Config, database: Option<&str>) -> Result<i32, Error> {
-    let mut code = 0;
-    for db in selected(config, database).map_err(Error::Runtime)? {
-        let mut client = db::connect(db)?;
-        let sql_error = |source| Error::Sql {
-            database: db.name.clone(),
-            action: "reading status",
-            source,
-        };
-        if install::installed_version(&mut client).map_err(sql_error)? == 0 {
-            println!(
-                "{}: not installed — run `pgsql-broker install`{}",
-                db.name,
-                if config.databases.len() > 1 {
-                    format!(" (or `pgsql-broker install --database {}`)", db.name)
-                } else {
-                    String::new()
-                }
-            );
-            code = 1;
-            continue;
-        }
-        let queue_count = i32::try_from(db.queue_count).unwrap_or(i32::MAX);
-        match db::status_report(&mut client, queue_count) {
-            Ok(lines) => {
-                for line in lines {
-                    println!("{}: {line}", db.name);
-                }
-            }
-            // Tables or functions missing: an incomplete install, not a broker failure.
-            Err(e)
-                if matches!(e.code(), Some(c) if *c == SqlState::UNDEFINED_TABLE
-                || *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_FUNCTION) =>
-            {
-                println!(
-                    "{}: schema incomplete ({}) — run `pgsql-broker install`; \
-                     `pgsql-broker install --verify-only` lists what is missing",
-                    db.name,
-                    describe(&e)
-                );
-                code = 1;
-            }
-            Err(e) => return Err(sql_error(e)),
-        }
-    }
-    Ok(code)
-}
-
-/// A refusal from the database as the submitter needs it: SQLSTATE, message and hint, without
-/// the "Failing row contains (...)" detail, which repeats the whole job, SQL and all.
-fn refusal(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
-            if let Some(detail) = db
-                .detail()
-                .filter(|d| !d.starts_with("Failing row contains"))
-            {
-                s.push_str(&format!(" (detail: {detail})"));
-            }
-            if let Some(hint) = db.hint() {
-                s.push_str(&format!(" (hint: {hint})"));
-            }
-            s
-        }
-        None => e.to_string(),
-    }
-}
-
-fn add(config: &Config, cmd: &AddCmd) -> Result<i32, Error> {
-    let db = add_target(config, cmd).map_err(Error::Runtime)?;
-    let mut client = db::connect(db)?;
-    let job = NewJob {
-        queue: cmd.queue,
-        priority: cmd.priority,
-        language: cmd.language.clone(),
-        run_as: cmd.run_as.clone(),
-        user_login: cmd.user_login.clone(),
-        ..NewJob::new(&cmd.name, &cmd.sql)
-    };
-    match job::add(&mut client, &job) {
-        Ok(id) => {
-            println!("{id}");
-            Ok(0)
-        }
-        Err(e) if e.as_db_error().is_some() => {
-            eprintln!("pgsql-broker: job refused: {}", refusal(&e));
-            Ok(1)
-        }
-        Err(source) => Err(Error::Sql {
-            database: db.name.clone(),
-            action: "adding the job",
-            source,
-        }),
-    }
-}
-
-/// Work with schedule expressions (no database needed).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "schedule", help_triggers("-h", "--help", "help"))]
-struct ScheduleCmd {
-    #[argh(subcommand)]
-    command: ScheduleCommand,
-}
-
-#[derive(FromArgs, Debug)]
-#[argh(subcommand)]
-enum ScheduleCommand {
-    Next(ScheduleNextCmd),
-}
-
-/// Print the next fire times of a cron expression, one RFC 3339 time per line.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "next", help_triggers("-h", "--help", "help"))]
-struct ScheduleNextCmd {
-    /// the expression: 5 fields (minute hour day-of-month month day-of-week), 6 with a
-    /// leading second, @hourly/@daily/@weekly/@monthly/@yearly, or @every 90s
-    #[argh(positional)]
-    expr: String,
-    /// IANA time zone the expression is read in (default UTC)
-    #[argh(option, default = "String::from(\"UTC\")")]
-    tz: String,
-    /// how many fire times to print (default 5)
-    #[argh(option, default = "5")]
-    count: usize,
-    /// list fire times strictly after this time: RFC 3339, or a wall time in --tz such as
-    /// "2026-03-29 01:00" (default: now)
-    #[argh(option)]
-    after: Option<String>,
-}
-
-/// Most fire times `schedule next --count` prints; more is a typo, not a use.
-const MAX_SCHEDULE_COUNT: usize = 10_000;
-
-fn schedule(cmd: &ScheduleCmd) -> i32 {
-    let ScheduleCommand::Next(next) = &cmd.command;
-    match schedule_next(next) {
-        Ok(lines) => {
-            for line in lines {
-                println!("{line}");
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("pgsql-broker: {e}");
-            2
-        }
-    }
-}
-
-fn schedule_next(cmd: &ScheduleNextCmd) -> Result<Vec<String>, String> {
-    if cmd.count == 0 || cmd.count > MAX_SCHEDULE_COUNT {
-        return Err(format!(
-            "--count {} is out of range 1-{MAX_SCHEDULE_COUNT}",
-            cmd.count
-        ));
-    }
-    let cron = cron::Cron::parse(&cmd.expr).map_err(|e| e.to_string())?;
-    let tz = cron::parse_timezone(&cmd.tz).map_err(|e| format!("--tz: {e}"))?;
-    let after = match &cmd.after {
-        Some(text) => cron::parse_instant(text, tz).map_err(|e| format!("--after: {e}"))?,
-        None => std::time::SystemTime::now().into(),
-    };
-    let times = cron
-        .upcoming(after, tz, cmd.count)
-        .map_err(|e| e.to_string())?;
-    Ok(times.iter().map(cron::format_time).collect())
 }
 
 #[cfg(test)]

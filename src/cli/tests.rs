@@ -166,12 +166,51 @@ fn hoisted_command_lines_parse() {
         (add.name.as_str(), add.sql.as_str()),
         ("--config", "SELECT 1")
     );
+    // The operator commands: ids and names stay positionals, repeated options keep each value.
+    let cli = parse(&["retry", "7", "--config", "b.yaml", "--database", "x"]).unwrap();
+    assert_eq!(cli.config.as_deref(), Some(Path::new("b.yaml")));
+    let Some(Command::Retry(retry)) = cli.command else {
+        panic!("not retry")
+    };
+    assert_eq!((retry.id, retry.database.as_deref()), (7, Some("x")));
+    let cli = parse(&[
+        "add",
+        "--depends-on",
+        "3",
+        "--depends-on",
+        "4,5",
+        "SELECT 1",
+        "-c",
+        "f",
+    ])
+    .unwrap();
+    let Some(Command::Add(add)) = cli.command else {
+        panic!("not add")
+    };
+    assert_eq!(add.depends_on, ["3", "4,5"]);
+    let cli = parse(&[
+        "schedule", "add", "next", "@daily", "SELECT 1", "--tz", "UTC", "-c", "f",
+    ])
+    .unwrap();
+    let Some(Command::Schedule(ScheduleCmd {
+        command: ScheduleCommand::Add(sched),
+    })) = cli.command
+    else {
+        panic!("not schedule add")
+    };
+    assert_eq!(
+        (sched.name.as_str(), sched.cron.as_str(), sched.sql.as_str()),
+        ("next", "@daily", "SELECT 1")
+    );
     // -h is --help, for the program and for each command.
     for args in [
         &["-h"][..],
         &["start", "-h"],
         &["add", "-h"],
         &["schedule", "next", "-h"],
+        &["schedule", "list", "-h"],
+        &["jobs", "-h"],
+        &["retry", "-h"],
     ] {
         let e = parse(args).unwrap_err();
         assert!(e.starts_with("Usage: pgsql-broker"), "{args:?}: {e}");

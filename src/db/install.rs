@@ -40,6 +40,7 @@ const FUNCTIONS: &[&str] = &[
     "broker_recover",
     "broker_holds_instance_lock",
     "broker_cancel_job",
+    "broker_retry_job",
     "broker_cancel_requested",
     "broker_promote_delayed",
     "broker_purge",

@@ -1,9 +1,9 @@
 //! The SQL of jobs as the listener and the commands see them: claim, delayed jobs, cancels,
-//! dependencies, retention, and the status report.
+//! retries, dependencies and retention.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use postgres::Client;
+use postgres::{Client, GenericClient};
 
 /// A job the listener claimed for this process, as the queue's channel carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,51 +91,6 @@ pub fn signal_backend(c: &mut Client, pid: i32, terminate: bool) -> Result<(), p
         .map(drop)
 }
 
-/// The lines of `pgsql-broker status`: the active instance, then job counts per queue and
-/// status. Pending jobs in a queue above `queue_count` get a line saying why they wait.
-pub fn status_report(c: &mut Client, queue_count: i32) -> Result<Vec<String>, postgres::Error> {
-    let mut lines = Vec::new();
-    for r in c.query(
-        "SELECT id, name, host, pid, status, heartbeat_at::text, now() - heartbeat_at < interval '30 seconds'
-           FROM broker_queueinstance WHERE status = 'active'",
-        &[],
-    )? {
-        let fresh: bool = r.get(6);
-        lines.push(format!(
-            "instance {} {:?} on {} pid {}: {} (heartbeat {}{})",
-            r.get::<_, i64>(0),
-            r.get::<_, String>(1),
-            r.get::<_, String>(2),
-            r.get::<_, i32>(3),
-            r.get::<_, String>(4),
-            r.get::<_, String>(5),
-            if fresh { "" } else { ", stale" }
-        ));
-    }
-    if lines.is_empty() {
-        lines.push("no active instance".into());
-    }
-    for r in c.query(
-        "SELECT job_queue, status, count(*) FROM broker_jobs GROUP BY 1, 2 ORDER BY 1, 2",
-        &[],
-    )? {
-        let (queue, status, count) = (
-            r.get::<_, i32>(0),
-            r.get::<_, String>(1),
-            r.get::<_, i64>(2),
-        );
-        let mut line = format!("queue {queue} {status}: {count}");
-        if queue > queue_count && status == "pending" {
-            line.push_str(&format!(
-                " (waiting: no worker serves queue {queue}, queue_count is {queue_count}; \
-                 raise queue_count or move the jobs to queue 1-{queue_count})"
-            ));
-        }
-        lines.push(line);
-    }
-    Ok(lines)
-}
-
 /// Fixes dependents whose dependency's end was missed (see `broker_settle_dependencies`).
 pub fn settle_dependencies(c: &mut Client) -> Result<i32, postgres::Error> {
     Ok(c.query_one("SELECT broker_settle_dependencies()", &[])?
@@ -160,4 +115,74 @@ pub fn purge(
         ],
     )?;
     Ok(row.get(0))
+}
+
+/// The database's clock (`now()`), e.g. for a run_after given as a duration from now.
+pub fn database_now(c: &mut impl GenericClient) -> Result<SystemTime, postgres::Error> {
+    Ok(c.query_one("SELECT now()", &[])?.get(0))
+}
+
+/// What `broker_cancel_job` did: the job's status before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOutcome {
+    pub before: String,
+    pub after: String,
+}
+
+/// Cancels job `id` through `broker_cancel_job` (a pending job at once, a running one by
+/// asking its instance to cancel its statement). None when no job `id` exists that the caller
+/// may see.
+pub fn cancel_job(c: &mut Client, id: i64) -> Result<Option<CancelOutcome>, postgres::Error> {
+    let mut tx = c.transaction()?;
+    let Some(before) = tx.query_opt("SELECT status FROM broker_jobs WHERE id = $1", &[&id])? else {
+        return Ok(None);
+    };
+    let after = tx.query_one("SELECT broker_cancel_job($1)", &[&id])?;
+    let outcome = CancelOutcome {
+        before: before.get(0),
+        after: after.get(0),
+    };
+    tx.commit()?;
+    Ok(Some(outcome))
+}
+
+/// A job after `broker_retry_job`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryOutcome {
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// Dependencies it still waits for.
+    pub waiting: i32,
+    /// Seconds until its run_after, when that is in the future.
+    pub due_in: Option<f64>,
+    /// Its dependents that were cancelled because it ended, pending again.
+    pub dependents: Vec<i64>,
+}
+
+/// Retries a failed or cancelled job through `broker_retry_job`; the server's refusals (no
+/// such job 02000, not failed or cancelled 55000, not the caller's 42501) come back as errors.
+pub fn retry_job(c: &mut Client, id: i64) -> Result<RetryOutcome, postgres::Error> {
+    let mut tx = c.transaction()?;
+    let retried = tx.query_one(
+        "SELECT status, dependents FROM broker_retry_job($1)",
+        &[&id],
+    )?;
+    // A statement of its own: the call's changes are not visible to the statement making it.
+    let row = tx.query_one(
+        "SELECT attempts, max_attempts, waiting,
+                CASE WHEN run_after > now() THEN extract(epoch FROM run_after - now())::float8 END
+           FROM broker_jobs WHERE id = $1",
+        &[&id],
+    )?;
+    let outcome = RetryOutcome {
+        status: retried.get(0),
+        dependents: retried.get::<_, Option<Vec<i64>>>(1).unwrap_or_default(),
+        attempts: row.get(0),
+        max_attempts: row.get(1),
+        waiting: row.get(2),
+        due_in: row.get(3),
+    };
+    tx.commit()?;
+    Ok(outcome)
 }

@@ -1,6 +1,6 @@
 //! The database adapter: connections and the pool (with TLS), what an error means, one typed
-//! call per broker SQL function, and the embedded schema. Everything else reaches PostgreSQL
-//! through here.
+//! call per broker SQL function, what the operator commands read, and the embedded schema.
+//! Everything else reaches PostgreSQL through here.
 
 /// What a failed statement means for the connection, the job and the retry.
 mod classify;
@@ -8,10 +8,12 @@ mod classify;
 pub mod install;
 /// The SQL of the single active instance.
 mod instance;
-/// The SQL of jobs: claim, delayed jobs, cancels, dependencies, retention, status.
+/// The SQL of jobs: claim, delayed jobs, cancels, retries, dependencies, retention.
 mod jobs;
 /// Connections and the workers' pool.
 mod pool;
+/// What the operator commands read: status, job and schedule lists.
+mod report;
 /// The SQL of schedules.
 mod schedules;
 /// TLS for database connections with libpq's sslmode semantics (rustls).
@@ -21,4 +23,5 @@ pub use classify::{is_not_startable, is_query_canceled, is_statement_error, is_t
 pub use instance::*;
 pub use jobs::*;
 pub use pool::*;
+pub use report::*;
 pub use schedules::*;

@@ -119,3 +119,71 @@ pub fn next_schedule_wait(c: &mut Client) -> Result<Option<Duration>, postgres::
     let secs: Option<f64> = row.get(0);
     Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
 }
+
+/// A schedule to add: the arguments of `broker_add_schedule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSchedule {
+    pub name: String,
+    pub cron: String,
+    pub sql: String,
+    pub queue: i32,
+    pub priority: i32,
+    pub language: String,
+    pub run_as: Option<String>,
+    pub user_login: Option<String>,
+    pub timezone: String,
+    pub overlap: bool,
+}
+
+/// Adds a schedule through `broker_add_schedule`; returns its id.
+pub fn add_schedule(c: &mut Client, s: &NewSchedule) -> Result<i64, postgres::Error> {
+    let row = c.query_one(
+        "SELECT broker_add_schedule(schedule_name => $1, cron => $2, execute_str => $3, \
+         job_queue => $4, job_priority => $5, job_language => $6, run_as => $7::text::name, \
+         user_login => $8, timezone => $9, overlap => $10)",
+        &[
+            &s.name,
+            &s.cron,
+            &s.sql,
+            &s.queue,
+            &s.priority,
+            &s.language,
+            &s.run_as,
+            &s.user_login,
+            &s.timezone,
+            &s.overlap,
+        ],
+    )?;
+    Ok(row.get(0))
+}
+
+/// The ids of the schedules called `name` that the caller may see, lowest first.
+pub fn schedule_ids_named(c: &mut Client, name: &str) -> Result<Vec<i64>, postgres::Error> {
+    let rows = c.query(
+        "SELECT id FROM broker_schedule WHERE schedule_name = $1 ORDER BY id",
+        &[&name],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Switches a schedule on (`broker_enable_schedule`: clears last_error, plans from now) or off
+/// (`broker_disable_schedule`). False when no such schedule is the caller's.
+pub fn set_schedule_enabled(
+    c: &mut Client,
+    id: i64,
+    enabled: bool,
+) -> Result<bool, postgres::Error> {
+    let sql = if enabled {
+        "SELECT broker_enable_schedule($1)"
+    } else {
+        "SELECT broker_disable_schedule($1)"
+    };
+    Ok(c.query_one(sql, &[&id])?.get(0))
+}
+
+/// Removes a schedule (`broker_remove_schedule`); the jobs it made stay. False when no such
+/// schedule is the caller's.
+pub fn remove_schedule(c: &mut Client, id: i64) -> Result<bool, postgres::Error> {
+    Ok(c.query_one("SELECT broker_remove_schedule($1)", &[&id])?
+        .get(0))
+}
