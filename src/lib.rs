@@ -11,8 +11,9 @@
 //!
 //! - [`Config`], built in code ([`Config::new`] with [`DatabaseConfig::new`]) or loaded
 //!   ([`Config::load`] for a file plus `PGSQL_BROKER_*` variables, [`Config::from_file`]),
-//!   with its parts [`DatabaseConfig`], [`BrokerConfig`], [`LoggingConfig`] and the small
-//!   types of their fields: [`SslMode`], [`Secret`], [`LogLevel`], [`LogFormat`].
+//!   with its parts [`DatabaseConfig`], [`BrokerConfig`], [`LoggingConfig`], [`HttpConfig`],
+//!   [`SystemdConfig`] and the small types of their fields: [`SslMode`], [`Secret`],
+//!   [`LogLevel`], [`LogFormat`].
 //! - [`Broker`]: [`Broker::start`] serves the configured databases (and installs a missing
 //!   schema); [`Broker::stop`] or a [`StopHandle`] from any thread begins the graceful drain;
 //!   [`Broker::wait`] returns when it is over.
@@ -112,8 +113,8 @@ mod runtime;
 mod schedule;
 
 pub use config::{
-    BrokerConfig, Config, ConfigError, DatabaseConfig, LogFormat, LogLevel, LoggingConfig, Secret,
-    SslMode,
+    BrokerConfig, Config, ConfigError, DatabaseConfig, HttpConfig, LogFormat, LogLevel,
+    LoggingConfig, Secret, SslMode, SystemdConfig,
 };
 pub use error::Error;
 pub use job::{submit, NewJob};
