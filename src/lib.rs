@@ -107,6 +107,8 @@ mod error;
 mod job;
 /// Text and JSON log output of the command.
 mod logging;
+/// Operability building blocks: metrics, a small HTTP server, systemd notifications.
+mod ops;
 /// The running broker: listener, workers, instance, shutdown.
 mod runtime;
 /// Cron expressions and the scheduler.
