@@ -43,7 +43,12 @@ impl Broker {
     /// while databases are still being connected already drains them.
     pub fn start_with(config: Config, stop: StopHandle) -> Result<Broker, Error> {
         config.validate()?;
-        let process = Arc::new(Process::new(config.broker.standby, config.databases.len()));
+        // Nobody reads the pending/running gauges yet.
+        let process = Arc::new(Process::new(
+            config.broker.standby,
+            config.databases.len(),
+            false,
+        ));
         let mut broker = Broker {
             stop,
             threads: Vec::new(),

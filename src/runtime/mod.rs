@@ -3,7 +3,8 @@
 //! the queue's workers ([`worker`]) run them ([`execute`]) and record each result in the
 //! transaction of its effects. Around that: becoming the single active instance ([`acquire`],
 //! [`instance`]), standby sharing ([`sharing`]), the state a database's threads share
-//! ([`shared`]), and starting and stopping it all ([`broker`], [`shutdown`]).
+//! ([`shared`]) and what they count ([`stats`]), and starting and stopping it all
+//! ([`broker`], [`shutdown`]).
 
 /// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
 pub(crate) mod acquire;
@@ -21,5 +22,7 @@ pub(crate) mod shared;
 pub(crate) mod sharing;
 /// SIGTERM/SIGINT handling and the stop handle.
 pub(crate) mod shutdown;
+/// What a database's threads count: jobs, durations, claims, gauges.
+pub(crate) mod stats;
 /// Per queue: run claimed jobs, group-committed.
 pub(crate) mod worker;
