@@ -16,7 +16,9 @@
 //!   [`LogLevel`], [`LogFormat`].
 //! - [`Broker`]: [`Broker::start`] serves the configured databases (and installs a missing
 //!   schema); [`Broker::stop`] or a [`StopHandle`] from any thread begins the graceful drain;
-//!   [`Broker::wait`] returns when it is over.
+//!   [`Broker::wait`] returns when it is over. With [`HttpConfig::listen`] set it serves
+//!   `/metrics`, `/healthz` and `/readyz` ([`Broker::http_addr`]); with [`Config::systemd`]
+//!   set it notifies the service manager (`READY=1`, `STOPPING=1`, `WATCHDOG=1`).
 //! - [`NewJob`] and [`submit`]: add a job through `broker_add_job`, on any connection or
 //!   inside the caller's own transaction. [`DatabaseConfig::connect`] opens a connection with
 //!   the broker's own settings (TLS, password file, pgpass).

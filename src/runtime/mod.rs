@@ -3,8 +3,9 @@
 //! the queue's workers ([`worker`]) run them ([`execute`]) and record each result in the
 //! transaction of its effects. Around that: becoming the single active instance ([`acquire`],
 //! [`instance`]), standby sharing ([`sharing`]), the state a database's threads share
-//! ([`shared`]) and what they count ([`stats`]), and starting and stopping it all
-//! ([`broker`], [`shutdown`]).
+//! ([`shared`]) and what they count ([`stats`]), what the process tells the outside
+//! ([`monitor`]: HTTP endpoints, systemd), and starting and stopping it all ([`broker`],
+//! [`shutdown`]).
 
 /// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
 pub(crate) mod acquire;
@@ -16,6 +17,8 @@ pub(crate) mod execute;
 pub(crate) mod instance;
 /// Per database: LISTEN, claim, poll, heartbeat, drain.
 pub(crate) mod listener;
+/// `/metrics`, `/healthz`, `/readyz` and the systemd notifications.
+pub(crate) mod monitor;
 /// What the listener and workers of a database share.
 pub(crate) mod shared;
 /// Standby processes sharing databases out among themselves.
