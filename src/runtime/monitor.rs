@@ -294,7 +294,7 @@ fn counter(
 
 /// The systemd thread: `STATUS=` whenever the summary changes, `READY=1` once every database
 /// is served or on standby, `STOPPING=1` when the drain begins, `WATCHDOG=1` every half of
-/// the watchdog interval; until `done`.
+/// the watchdog interval; until `done` (after one last round).
 fn notify(
     notifier: &Notifier,
     databases: &[Arc<Shared>],
@@ -313,7 +313,9 @@ fn notify(
     let (mut ready_sent, mut stopping_sent) = (false, false);
     let mut last_status = String::new();
     let mut next_watchdog = Instant::now();
-    while !done.load(Ordering::SeqCst) {
+    loop {
+        // One more round after `done`: a drain shorter than a tick still says STOPPING=1.
+        let last = done.load(Ordering::SeqCst);
         if stop.is_stopped() {
             if !stopping_sent {
                 send("STOPPING=1\nSTATUS=draining");
@@ -337,6 +339,9 @@ fn notify(
                 send("WATCHDOG=1");
                 next_watchdog = Instant::now() + interval / 2;
             }
+        }
+        if last {
+            break;
         }
         std::thread::sleep(NOTIFY_TICK);
     }
@@ -373,4 +378,126 @@ fn summary(databases: &[Arc<Shared>]) -> (bool, String) {
         status.push('…');
     }
     (problems.is_empty(), status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BrokerConfig, DatabaseConfig};
+    use crate::runtime::shared::Process;
+    use std::os::unix::net::UnixDatagram;
+
+    fn database(name: &str) -> Arc<Shared> {
+        let mut db = DatabaseConfig::new(name);
+        db.queue_count = 2;
+        let process = Arc::new(Process::new(false, 2, true));
+        Arc::new(
+            Shared::new(
+                &db,
+                &BrokerConfig::default(),
+                process,
+                StopHandle::default(),
+            )
+            .expect("shared state"),
+        )
+    }
+
+    #[test]
+    fn ready_only_when_every_database_is() {
+        let (a, b) = (database("a"), database("b"));
+        let dbs = [a.clone(), b.clone()];
+        assert_eq!(
+            readiness(&dbs),
+            (
+                false,
+                "database a: not ready: connecting\ndatabase b: not ready: connecting\n".into()
+            )
+        );
+        a.set_state(State::Serving, "serving as instance 1".into());
+        b.set_state(State::Unreachable, "cannot connect:\nrefused".into());
+        let (ready, body) = readiness(&dbs);
+        assert!(!ready);
+        assert_eq!(
+            body,
+            "database a: ready: serving as instance 1\ndatabase b: not ready: cannot connect: refused\n"
+        );
+        assert_eq!(
+            summary(&dbs),
+            (
+                false,
+                "serving 1 of 2 database(s); b: cannot connect: refused".into()
+            )
+        );
+        b.set_state(State::Held, "another broker instance is active".into());
+        assert!(readiness(&dbs).0);
+        assert_eq!(
+            summary(&dbs),
+            (true, "serving 1 of 2 database(s), 1 on standby".into())
+        );
+        b.set_state(State::Draining, "draining".into());
+        assert!(!readiness(&dbs).0);
+    }
+
+    #[test]
+    fn metrics_page_has_every_family_and_gauges_only_when_fresh() {
+        let db = database("app");
+        db.stats
+            .finished(2, Ended::Completed, Duration::from_millis(3));
+        let page = metrics(std::slice::from_ref(&db));
+        for line in [
+            "pgsql_broker_up{database=\"app\"} 0",
+            "pgsql_broker_jobs_total{database=\"app\",queue=\"2\",status=\"completed\"} 1",
+            "pgsql_broker_jobs_total{database=\"app\",queue=\"1\",status=\"retried\"} 0",
+            "pgsql_broker_job_duration_seconds_bucket{database=\"app\",le=\"0.005\"} 1",
+            "pgsql_broker_job_duration_seconds_count{database=\"app\"} 1",
+            "pgsql_broker_claim_batch_size_count{database=\"app\"} 0",
+            "pgsql_broker_notifications_total{database=\"app\"} 0",
+            "pgsql_broker_reconnects_total{database=\"app\"} 0",
+            "pgsql_broker_schedules_fired_total{database=\"app\"} 0",
+            "# TYPE pgsql_broker_jobs_pending gauge",
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} missing:\n{page}");
+        }
+        assert!(!page.contains("pgsql_broker_jobs_pending{"), "{page}");
+        db.stats.set_gauges(Some(crate::runtime::stats::Gauges {
+            queues: vec![(3, 1), (0, 0)],
+            unserved: (7, 0),
+            read_at: Instant::now(),
+        }));
+        let page = metrics(&[db]);
+        for line in [
+            "pgsql_broker_jobs_pending{database=\"app\",queue=\"1\"} 3",
+            "pgsql_broker_jobs_running{database=\"app\",queue=\"1\"} 1",
+            "pgsql_broker_jobs_pending{database=\"app\",queue=\"unserved\"} 7",
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} missing:\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_drain_shorter_than_a_tick_still_says_stopping() {
+        let dir = std::env::temp_dir().join(format!("pgsql-broker-monitor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let notifier = Notifier::new(path.to_str().expect("utf-8")).expect("notifier");
+        let stop = StopHandle::default();
+        stop.stop();
+        // The broker is done before the thread's first look at the stop flag.
+        notify(
+            &notifier,
+            &[database("app")],
+            &stop,
+            None,
+            &AtomicBool::new(true),
+        );
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification");
+        assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
