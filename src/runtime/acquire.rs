@@ -158,6 +158,7 @@ impl Acquirer {
     /// repeat of the same interruption soon after quietly (with a reminder now and then), so a
     /// listener that fails the same way after every reconnect does not log every time.
     pub fn lost(&mut self, shared: &Shared, message: String, level: Level) {
+        let message = named(shared, message);
         self.client = None;
         self.down_since.get_or_insert_with(Instant::now);
         let now = Instant::now();
@@ -480,6 +481,7 @@ impl Acquirer {
 
     /// [`note`](Self::note) at `level` instead of the state's own.
     fn note_at(&mut self, shared: &Shared, state: State, message: String, level: Option<Level>) {
+        let message = named(shared, message);
         let (was, _) = shared.state();
         shared.set_state(state, detail(shared, &message));
         let problem = matches!(
@@ -531,6 +533,17 @@ impl Acquirer {
             // Broker::start may have given up waiting (it stops then): nothing to tell.
             let _ = first.send(started);
         }
+    }
+}
+
+/// A log line that starts with `database NAME: ` (most errors say it themselves; a
+/// configuration error, e.g. a password file gone unreadable, names its key instead).
+fn named(shared: &Shared, message: String) -> String {
+    let prefix = format!("database {}: ", shared.db.name);
+    if message.starts_with(&prefix) {
+        message
+    } else {
+        prefix + &message
     }
 }
 
