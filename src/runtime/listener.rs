@@ -4,8 +4,9 @@
 //! down the channel to the queue's workers. Every `queue_timer_sec` it polls: recovery of
 //! jobs left by dead instances, dependencies, retention, schedules, and a claim for every
 //! queue. It also enforces deadlines (ending the backend of a job that outlived its timeout
-//! or a cancel) and sends the heartbeat. On shutdown it drains the workers and marks the
-//! instance shut down.
+//! or a cancel), sends the heartbeat and, while `/metrics` is served, reads the pending and
+//! running jobs per queue every [`GAUGES_EVERY`]. On shutdown it drains the workers and marks
+//! the instance shut down.
 //!
 //! Becoming the active instance (connecting, retrying, waiting as a standby) is the
 //! [`Acquirer`]'s part; when the connection drops the listener hands back to it, and serves
