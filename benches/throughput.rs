@@ -32,6 +32,10 @@
 //!   (the bench run by hand), the bench runs `cargo build --release` first.
 //! - BENCH_JOBS: jobs per drain (scenarios 1, 3 and 4), default 20000.
 //! - BENCH_ONLY: comma-separated scenarios to run (drain, latency, not-due, rss), default all.
+//! - BENCH_HTTP: `1` sets `http.listen` (a free port on 127.0.0.1) in every run's config and
+//!   scrapes `/metrics` every second while the broker runs, as Prometheus would (more often
+//!   than its default); after each drain the scraped `pgsql_broker_jobs_total` must count
+//!   every job. Default: off, the broker's default.
 //!
 //! The broker runs with a default configuration (queue_count 4, one worker per queue, every
 //! other key at its default) and logging.level warn; its warnings show in this output.
@@ -43,10 +47,14 @@
 
 use std::error::Error;
 use std::fs;
+use std::io::Read;
 use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -64,6 +72,8 @@ const LATENCY_JOBS: usize = 200;
 const LATENCY_GAP: Duration = Duration::from_millis(20);
 const NOT_DUE_JOBS: i64 = 100_000;
 const SCENARIOS: [&str; 4] = ["drain", "latency", "not-due", "rss"];
+/// How often `/metrics` is scraped with BENCH_HTTP=1.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 fn main() {
     if let Err(e) = run() {
@@ -93,10 +103,11 @@ fn run() -> Result<()> {
         let d = bench.drain(1, 0)?;
         println!(
             "1. drain: {jobs} no-op jobs on {QUEUES} queues (1 worker each), broker started after \
-             queueing: {:.3} s from process start = {:.0} jobs/s (peak RSS {:.1} MiB)",
+             queueing: {:.3} s from process start = {:.0} jobs/s (peak RSS {:.1} MiB){}",
             d.secs,
             d.rate(),
-            d.peak_rss_mib
+            d.peak_rss_mib,
+            d.scrapes
         );
     }
     if only.contains(&"latency") {
@@ -166,6 +177,8 @@ struct Bench {
     crate_dir: PathBuf,
     jobs: i64,
     dir: TempDir,
+    /// BENCH_HTTP=1: http.listen set and /metrics scraped.
+    http: bool,
 }
 
 impl Bench {
@@ -181,6 +194,11 @@ impl Bench {
         if jobs < 1 {
             return Err("BENCH_JOBS must be at least 1".into());
         }
+        let http = match std::env::var("BENCH_HTTP").as_deref() {
+            Ok("1") => true,
+            Ok("0") | Ok("") | Err(_) => false,
+            Ok(v) => return Err(format!("BENCH_HTTP={v:?}: expected 1 or 0").into()),
+        };
         let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         Ok(Bench {
             server: Server::parse(&dsn)?,
@@ -188,6 +206,7 @@ impl Bench {
             crate_dir,
             jobs,
             dir: TempDir::create(&format!("pgsql-broker-bench-{}", std::process::id()))?,
+            http,
         })
     }
 
@@ -220,10 +239,14 @@ impl Bench {
             load_average()
         );
         println!("jobs per drain: {}", self.jobs);
+        if self.http {
+            println!("BENCH_HTTP=1: /metrics scraped every {SCRAPE_EVERY:?} while the broker runs");
+        }
         println!("config (every run; scenario 4 lists two databases):");
+        let http = self.http.then_some("127.0.0.1:<a free port>");
         for line in self
             .server
-            .config_yaml(&["<scratch database>"], true)
+            .config_yaml(&["<scratch database>"], true, http)
             .lines()
         {
             println!("    {line}");
@@ -238,7 +261,7 @@ impl Bench {
             .map(|_| Scratch::create(&self.server))
             .collect::<Result<Vec<_>>>()?;
         let names: Vec<&str> = scratch.iter().map(|s| s.name.as_str()).collect();
-        let config = self.write_config(&names)?;
+        let (config, http) = self.write_config(&names)?;
         install(&self.bin, &config)?;
 
         let mut targets = Vec::new();
@@ -259,24 +282,35 @@ impl Bench {
 
         let started = Instant::now();
         let mut broker = BrokerProcess::start(&self.bin, &config)?;
+        let scraper = http.map(Scraper::start);
         wait_until_finished(&mut broker, &mut targets)?;
         let secs = started.elapsed().as_secs_f64();
         let peak_rss_mib = broker.peak_rss_kib()? as f64 / 1024.0;
+        let jobs = self.jobs * databases as i64;
+        let scrapes = match (scraper, http) {
+            (Some(scraper), Some(addr)) => {
+                let scrapes = scraper.stop()?;
+                check_scraped(addr, jobs)?;
+                scrapes
+            }
+            _ => String::new(),
+        };
         broker.stop()?;
         for (client, range) in &mut targets {
             check_completed(client, *range)?;
         }
         Ok(Drain {
-            jobs: self.jobs * databases as i64,
+            jobs,
             secs,
             peak_rss_mib,
+            scrapes,
         })
     }
 
     /// Adds jobs one at a time to an idle broker and measures when each one starts.
     fn latency(&self) -> Result<Latency> {
         let scratch = Scratch::create(&self.server)?;
-        let config = self.write_config(&[&scratch.name])?;
+        let (config, http) = self.write_config(&[&scratch.name])?;
         install(&self.bin, &config)?;
         let mut client = self.server.connect(&scratch.name)?;
         client.batch_execute(
@@ -285,6 +319,7 @@ impl Bench {
         )?;
         let floor = self.latency_floor(&scratch.name)?;
         let mut broker = BrokerProcess::start(&self.bin, &config)?;
+        let scraper = http.map(Scraper::start);
 
         // Warm-up, one job per queue, which also learns whether the broker tells a job its id
         // (GUC broker.job_id). If not, each job's SQL carries a key the bench makes up instead.
@@ -328,6 +363,9 @@ impl Bench {
         }
         let range = (ids[0], ids[ids.len() - 1]);
         wait_until_finished(&mut broker, &mut [(&mut client, range)])?;
+        if let Some(scraper) = scraper {
+            scraper.stop()?;
+        }
         broker.stop()?;
         check_completed(&mut client, range)?;
 
@@ -406,8 +444,14 @@ impl Bench {
         Ok(Samples::new(ms))
     }
 
-    /// Writes the broker's configuration for these databases (mode 0600: it may hold a password).
-    fn write_config(&self, databases: &[&str]) -> Result<PathBuf> {
+    /// Writes the broker's configuration for these databases (mode 0600: it may hold a password);
+    /// with BENCH_HTTP=1 also the address it serves `/metrics` on.
+    fn write_config(&self, databases: &[&str]) -> Result<(PathBuf, Option<SocketAddr>)> {
+        let http = if self.http {
+            Some(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        } else {
+            None
+        };
         let path = self.dir.0.join(format!("{}.yaml", databases.join("+")));
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -415,8 +459,10 @@ impl Bench {
             .truncate(true)
             .mode(0o600)
             .open(&path)?;
-        file.write_all(self.server.config_yaml(databases, false).as_bytes())?;
-        Ok(path)
+        let listen = http.map(|a| a.to_string());
+        let yaml = self.server.config_yaml(databases, false, listen.as_deref());
+        file.write_all(yaml.as_bytes())?;
+        Ok((path, http))
     }
 }
 
@@ -424,6 +470,8 @@ struct Drain {
     jobs: i64,
     secs: f64,
     peak_rss_mib: f64,
+    /// With BENCH_HTTP=1, how the scrapes went (for the result line), else empty.
+    scrapes: String,
 }
 
 impl Drain {
@@ -506,8 +554,9 @@ impl Server {
         Ok(client)
     }
 
-    /// The broker's configuration: these databases with 4 queues, everything else default.
-    fn config_yaml(&self, databases: &[&str], hide_password: bool) -> String {
+    /// The broker's configuration: these databases with 4 queues, `http.listen` if given,
+    /// everything else default.
+    fn config_yaml(&self, databases: &[&str], hide_password: bool, http: Option<&str>) -> String {
         let mut yaml = String::from("databases:\n");
         for db in databases {
             yaml += &format!("  - name: {}\n", yaml_str(db));
@@ -520,6 +569,9 @@ impl Server {
                 yaml += &format!("    password: {}\n", yaml_str(shown));
             }
             yaml += &format!("    queue_count: {QUEUES}\n");
+        }
+        if let Some(listen) = http {
+            yaml += &format!("http:\n  listen: {}\n", yaml_str(listen));
         }
         yaml + "logging:\n  level: warn\n"
     }
@@ -797,6 +849,92 @@ fn wait_until_finished<C: std::borrow::BorrowMut<Client>>(
             return Err(format!("jobs still unfinished after {TIMEOUT:?}").into());
         }
         sleep(POLL);
+    }
+}
+
+/// Scrapes `/metrics` every [`SCRAPE_EVERY`] on a thread of its own until stopped.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32, Duration)>,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Scrapes answered, refused (the broker not listening yet), slowest answer.
+            let (mut ok, mut refused, mut slowest) = (0, 0, Duration::ZERO);
+            while !stopped.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                match scrape(addr) {
+                    Ok(_) => {
+                        ok += 1;
+                        slowest = slowest.max(started.elapsed());
+                    }
+                    Err(_) => refused += 1,
+                }
+                let next = started + SCRAPE_EVERY;
+                while !stopped.load(Ordering::SeqCst) && Instant::now() < next {
+                    sleep(Duration::from_millis(10));
+                }
+            }
+            (ok, refused, slowest)
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Stops scraping; says how it went.
+    fn stop(self) -> Result<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let (ok, refused, slowest) = self
+            .thread
+            .join()
+            .map_err(|_| "the scraper thread panicked")?;
+        if ok == 0 {
+            return Err(format!("/metrics never answered ({refused} tries)").into());
+        }
+        Ok(format!(
+            "; /metrics scraped {ok} time(s) ({refused} before it listened), slowest {:.1} ms",
+            slowest.as_secs_f64() * 1000.0
+        ))
+    }
+}
+
+/// `GET /metrics` over HTTP/1.0: the body of a 200 answer.
+fn scrape(addr: SocketAddr) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no end of head")?;
+    if !head.starts_with("HTTP/1.1 200 ") {
+        return Err(format!("/metrics answered {head:?}").into());
+    }
+    Ok(body.to_string())
+}
+
+/// Checks that the scraped `pgsql_broker_jobs_total` counts `jobs` completed (the counters are
+/// bumped just after each commit, so it is given a moment).
+fn check_scraped(addr: SocketAddr, jobs: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = scrape(addr)?;
+        let completed: f64 = page
+            .lines()
+            .filter(|l| {
+                l.starts_with("pgsql_broker_jobs_total{") && l.contains("status=\"completed\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if completed == jobs as f64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("/metrics counts {completed} completed jobs, not {jobs}").into());
+        }
+        sleep(Duration::from_millis(100));
     }
 }
 

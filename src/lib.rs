@@ -11,11 +11,14 @@
 //!
 //! - [`Config`], built in code ([`Config::new`] with [`DatabaseConfig::new`]) or loaded
 //!   ([`Config::load`] for a file plus `PGSQL_BROKER_*` variables, [`Config::from_file`]),
-//!   with its parts [`DatabaseConfig`], [`BrokerConfig`], [`LoggingConfig`] and the small
-//!   types of their fields: [`SslMode`], [`Secret`], [`LogLevel`], [`LogFormat`].
+//!   with its parts [`DatabaseConfig`], [`BrokerConfig`], [`LoggingConfig`], [`HttpConfig`],
+//!   [`SystemdConfig`] and the small types of their fields: [`SslMode`], [`Secret`],
+//!   [`LogLevel`], [`LogFormat`].
 //! - [`Broker`]: [`Broker::start`] serves the configured databases (and installs a missing
 //!   schema); [`Broker::stop`] or a [`StopHandle`] from any thread begins the graceful drain;
-//!   [`Broker::wait`] returns when it is over.
+//!   [`Broker::wait`] returns when it is over. With [`HttpConfig::listen`] set it serves
+//!   `/metrics`, `/healthz` and `/readyz` ([`Broker::http_addr`]); with [`Config::systemd`]
+//!   set it notifies the service manager (`READY=1`, `STOPPING=1`, `WATCHDOG=1`).
 //! - [`NewJob`] and [`submit`]: add a job through `broker_add_job`, on any connection or
 //!   inside the caller's own transaction. [`DatabaseConfig::connect`] opens a connection with
 //!   the broker's own settings (TLS, password file, pgpass).
@@ -106,14 +109,16 @@ mod error;
 mod job;
 /// Text and JSON log output of the command.
 mod logging;
+/// Operability building blocks: metrics, a small HTTP server, systemd notifications.
+mod ops;
 /// The running broker: listener, workers, instance, shutdown.
 mod runtime;
 /// Cron expressions and the scheduler.
 mod schedule;
 
 pub use config::{
-    BrokerConfig, Config, ConfigError, DatabaseConfig, LogFormat, LogLevel, LoggingConfig, Secret,
-    SslMode,
+    BrokerConfig, Config, ConfigError, DatabaseConfig, HttpConfig, LogFormat, LogLevel,
+    LoggingConfig, Secret, SslMode, SystemdConfig,
 };
 pub use error::Error;
 pub use job::{submit, NewJob};

@@ -16,6 +16,8 @@ impl Config {
             databases,
             broker: BrokerConfig::default(),
             logging: LoggingConfig::default(),
+            http: HttpConfig::default(),
+            systemd: None,
             warnings: Vec::new(),
         }
     }
@@ -93,6 +95,7 @@ impl Config {
             .collect();
         config.validate()?;
         config.check_files(env)?;
+        config.systemd = SystemdConfig::from_env(env);
         Ok((config, from_env))
     }
 
@@ -180,7 +183,8 @@ impl Config {
         }
     }
 
-    /// Applies `PGSQL_BROKER_<KEY>`, `PGSQL_BROKER_LOG_<KEY>` and `PGSQL_BROKER_DB_<NAME>_<KEY>`.
+    /// Applies `PGSQL_BROKER_<KEY>`, `PGSQL_BROKER_LOG_<KEY>`, `PGSQL_BROKER_HTTP_<KEY>` and
+    /// `PGSQL_BROKER_DB_<NAME>_<KEY>`.
     /// A variable with the prefix that matches no key is an error, so typos do not pass silently.
     ///
     /// `<NAME>` is a database's name as [`env_name`] writes it. Variables whose `<NAME>` is no
@@ -203,6 +207,10 @@ impl Config {
             };
             if let Some(key) = rest.strip_prefix("LOG_") {
                 self.logging
+                    .set(&key.to_ascii_lowercase(), value)
+                    .map_err(err)?;
+            } else if let Some(key) = rest.strip_prefix("HTTP_") {
+                self.http
                     .set(&key.to_ascii_lowercase(), value)
                     .map_err(err)?;
             } else if let Some(rest) = rest.strip_prefix("DB_") {
@@ -333,6 +341,9 @@ impl Config {
                 return invalid(format!("broker.{key}"), &message);
             }
         }
+        if let Err(message) = self.http.address() {
+            return invalid("http.listen".into(), &message);
+        }
         for (i, db) in self.databases.iter().enumerate() {
             let key = |k: &str| format!("databases[{i}].{k}");
             if db.database.is_empty() {
@@ -392,6 +403,17 @@ impl LoggingConfig {
             "level" => self.level = v.parse()?,
             "format" => self.format = v.parse()?,
             _ => return Err(format!("unknown logging key {key:?}")),
+        }
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    /// Sets `listen` from text, as the environment gives it.
+    pub(crate) fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        match key {
+            "listen" => self.listen = v.to_string(),
+            _ => return Err(format!("unknown http key {key:?}")),
         }
         Ok(())
     }

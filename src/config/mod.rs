@@ -4,6 +4,7 @@
 //! Every key has one parser (its serde type); environment values go through the same parser, so a
 //! value means the same thing wherever it is written.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,14 @@ pub struct Config {
     /// How the `pgsql-broker` command logs; the library installs no logger and ignores it.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz` (off unless `listen` is set).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Where to send systemd notifications (`READY=1`, `STOPPING=1`, `WATCHDOG=1`): taken from
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` by [`Config::load`]; None (no notifications) for a
+    /// configuration built in code. Not a config file key.
+    #[serde(skip)]
+    pub systemd: Option<SystemdConfig>,
     /// Problems worth a warning that do not stop the broker (e.g. a config file others can read
     /// that holds a password). Loading happens before logging is set up, so the caller logs them.
     #[serde(skip)]
@@ -181,6 +190,79 @@ pub struct LoggingConfig {
     pub level: LogLevel,
     /// Text lines or JSON lines on stderr.
     pub format: LogFormat,
+}
+
+/// The broker's own HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` and
+/// `/readyz`, served by one thread of its own. Off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The address to listen on: `127.0.0.1:9187`, `[::1]:9187`, `0.0.0.0:9187`, `:9187` (every
+    /// IPv4 interface) or `localhost:9187`. Empty: no HTTP endpoint.
+    pub listen: String,
+}
+
+impl HttpConfig {
+    /// The socket address `listen` names, None when it is empty (off).
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        parse_listen(&self.listen)
+    }
+}
+
+/// Parses `http.listen` (see [`HttpConfig::listen`]); no name resolution beyond `localhost`.
+fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        format!(
+            "{text:?} is not an address to listen on: expected IP:PORT such as 127.0.0.1:9187, \
+             [::1]:9187, :9187 (every interface) or localhost:9187"
+        )
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip = match host {
+        "" => Ipv4Addr::UNSPECIFIED,
+        h if h.eq_ignore_ascii_case("localhost") => Ipv4Addr::LOCALHOST,
+        _ => return Err(bad()),
+    };
+    Ok(Some(SocketAddr::from((ip, port))))
+}
+
+/// systemd's notification socket and watchdog, as the service manager passes them in the
+/// environment (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdConfig {
+    /// The datagram socket: a path, or an abstract name starting with `@`.
+    pub notify_socket: String,
+    /// The watchdog interval (`WatchdogSec=`); the broker sends `WATCHDOG=1` every half of it.
+    pub watchdog: Option<Duration>,
+}
+
+impl SystemdConfig {
+    /// From the environment; None without `NOTIFY_SOCKET`. A `WATCHDOG_PID` naming another
+    /// process leaves the watchdog off (it is meant for that process), as in libsystemd.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Option<SystemdConfig> {
+        let socket = env.get("NOTIFY_SOCKET").filter(|s| !s.is_empty())?;
+        let ours = env
+            .get("WATCHDOG_PID")
+            .is_none_or(|pid| pid.trim().parse::<u32>().ok() == Some(std::process::id()));
+        let watchdog = env
+            .get("WATCHDOG_USEC")
+            .and_then(|usec| usec.trim().parse::<u64>().ok())
+            .filter(|&usec| usec > 0 && ours)
+            .map(Duration::from_micros);
+        Some(SystemdConfig {
+            notify_socket: socket.clone(),
+            watchdog,
+        })
+    }
 }
 
 /// `logging.level`; written in any case (`debug`, `DEBUG`), `warning` for `warn`.

@@ -657,3 +657,124 @@ fn secrets_do_not_print() {
     let c = Config::load(Some(&path), &env(&[])).unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn http_listen_is_off_by_default_and_set_by_file_or_environment() {
+    use std::net::SocketAddr;
+    let path = write("http-off.yaml", "databases: [{database: app}]\n");
+    let c = Config::load(Some(&path), &env(&[])).unwrap();
+    assert_eq!(c.http.listen, "");
+    assert_eq!(c.http.address(), Ok(None));
+    let path = write(
+        "http.yaml",
+        "databases: [{database: app}]\nhttp:\n  listen: 127.0.0.1:9187\n",
+    );
+    let c = Config::load(Some(&path), &env(&[])).unwrap();
+    assert_eq!(
+        c.http.address(),
+        Ok(Some("127.0.0.1:9187".parse::<SocketAddr>().unwrap()))
+    );
+    let c = Config::load(
+        Some(&path),
+        &env(&[("PGSQL_BROKER_HTTP_LISTEN", "[::1]:9100")]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.http.address(),
+        Ok(Some("[::1]:9100".parse::<SocketAddr>().unwrap()))
+    );
+    // The environment turns it off again.
+    let c = Config::load(Some(&path), &env(&[("PGSQL_BROKER_HTTP_LISTEN", "")])).unwrap();
+    assert_eq!(c.http.address(), Ok(None));
+    for (text, addr) in [
+        (":9187", "0.0.0.0:9187"),
+        ("localhost:9187", "127.0.0.1:9187"),
+        (" 0.0.0.0:80 ", "0.0.0.0:80"),
+    ] {
+        let http = HttpConfig {
+            listen: text.into(),
+        };
+        assert_eq!(
+            http.address(),
+            Ok(Some(addr.parse::<SocketAddr>().unwrap())),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_http_listen_names_the_key() {
+    for bad in [
+        "9187",
+        "127.0.0.1",
+        "example.com:9187",
+        "127.0.0.1:99999",
+        "[::1]",
+    ] {
+        let path = write(
+            "http-bad.yaml",
+            &format!("databases: [{{database: app}}]\nhttp:\n  listen: \"{bad}\"\n"),
+        );
+        let e = Config::load(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.listen") && e.contains(bad), "{bad}: {e}");
+    }
+    let path = write(
+        "http-key.yaml",
+        "databases: [{database: app}]\nhttp:\n  port: 1\n",
+    );
+    let e = Config::load(Some(&path), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("port"), "{e}");
+    let path = write("http-ok.yaml", "databases: [{database: app}]\n");
+    let e = Config::load(Some(&path), &env(&[("PGSQL_BROKER_HTTP_PORT", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PGSQL_BROKER_HTTP_PORT"), "{e}");
+    let e = Config::load(Some(&path), &env(&[("PGSQL_BROKER_HTTP_LISTEN", "nope")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("http.listen") && e.contains("nope"), "{e}");
+}
+
+#[test]
+fn systemd_settings_come_from_the_environment() {
+    let path = write("systemd.yaml", "databases: [{database: app}]\n");
+    assert_eq!(Config::load(Some(&path), &env(&[])).unwrap().systemd, None);
+    let c = Config::load(
+        Some(&path),
+        &env(&[
+            ("NOTIFY_SOCKET", "@/org/freedesktop/systemd1/notify"),
+            ("WATCHDOG_USEC", "30000000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.systemd,
+        Some(SystemdConfig {
+            notify_socket: "@/org/freedesktop/systemd1/notify".into(),
+            watchdog: Some(Duration::from_secs(30)),
+        })
+    );
+    // A watchdog meant for another process, or none at all.
+    let ours = std::process::id().to_string();
+    for (pid, usec, want) in [
+        ("1", "30000000", None),
+        (ours.as_str(), "30000000", Some(Duration::from_secs(30))),
+        (ours.as_str(), "0", None),
+        (ours.as_str(), "soon", None),
+    ] {
+        let c = SystemdConfig::from_env(&env(&[
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("WATCHDOG_PID", pid),
+            ("WATCHDOG_USEC", usec),
+        ]));
+        assert_eq!(c.and_then(|c| c.watchdog), want, "{pid} {usec}");
+    }
+    assert_eq!(
+        SystemdConfig::from_env(&env(&[("NOTIFY_SOCKET", "")])),
+        None
+    );
+}

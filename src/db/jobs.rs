@@ -91,6 +91,38 @@ pub fn signal_backend(c: &mut Client, pid: i32, terminate: bool) -> Result<(), p
         .map(drop)
 }
 
+/// Jobs pending and running per queue, as `(queue, pending, running)`; queues above
+/// `queue_count` come as one, numbered `queue_count + 1`. Each part reads a partial index of
+/// unfinished jobs (ready, delayed, running; waiting dependents through their edges), so the
+/// cost follows the unfinished jobs, never the finished ones a table keeps until retention.
+pub fn queue_gauges(
+    c: &mut Client,
+    queue_count: i32,
+) -> Result<Vec<(i32, i64, i64)>, postgres::Error> {
+    let rows = c.query(
+        "SELECT least(job_queue, $1 + 1),
+                count(*) FILTER (WHERE status = 'pending'),
+                count(*) FILTER (WHERE status = 'running')
+           FROM (SELECT job_queue, status FROM broker_jobs
+                  WHERE status = 'pending' AND waiting = 0 AND NOT delayed
+                 UNION ALL
+                 SELECT job_queue, status FROM broker_jobs
+                  WHERE status = 'pending' AND delayed
+                 UNION ALL
+                 SELECT job_queue, status FROM broker_jobs
+                  WHERE id IN (SELECT job_id FROM broker_job_dependencies)
+                    AND status = 'pending' AND waiting > 0 AND NOT delayed
+                 UNION ALL
+                 SELECT job_queue, status FROM broker_jobs WHERE status = 'running') unfinished
+          GROUP BY 1",
+        &[&queue_count],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// Fixes dependents whose dependency's end was missed (see `broker_settle_dependencies`).
 pub fn settle_dependencies(c: &mut Client) -> Result<i32, postgres::Error> {
     Ok(c.query_one("SELECT broker_settle_dependencies()", &[])?

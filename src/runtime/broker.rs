@@ -4,6 +4,7 @@
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+use super::monitor::{self, Monitor};
 use super::{listener, worker};
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
 use crate::db::Job;
@@ -18,6 +19,8 @@ pub struct Broker {
     /// Listener threads, then worker threads with their database.
     threads: Vec<(JoinHandle<()>, Option<Arc<Shared>>)>,
     databases: Vec<Arc<Shared>>,
+    /// `/metrics` and the systemd notifications.
+    monitor: Monitor,
 }
 
 impl Broker {
@@ -34,6 +37,11 @@ impl Broker {
     /// - a server in recovery is not served; its listener checks again until it is promoted;
     /// - an unusable schema or setting makes this fail.
     ///
+    /// With `http.listen` set, `/metrics`, `/healthz` and `/readyz` are served from the start
+    /// (an address that cannot be bound makes this fail before any database is touched); with
+    /// [`Config::systemd`] set, the service manager is told `READY=1` once every database is
+    /// served or waiting as a standby, and `STOPPING=1` when the drain begins.
+    ///
     /// On failure everything started is stopped again.
     pub fn start(config: Config) -> Result<Broker, Error> {
         Self::start_with(config, StopHandle::default())
@@ -43,11 +51,22 @@ impl Broker {
     /// while databases are still being connected already drains them.
     pub fn start_with(config: Config, stop: StopHandle) -> Result<Broker, Error> {
         config.validate()?;
-        let process = Arc::new(Process::new(config.broker.standby, config.databases.len()));
+        let http = monitor::bind_http(config.http.address().map_err(|message| {
+            Error::Config(crate::config::ConfigError::Invalid {
+                key: "http.listen".into(),
+                message,
+            })
+        })?)?;
+        let process = Arc::new(Process::new(
+            config.broker.standby,
+            config.databases.len(),
+            http.is_some(),
+        ));
         let mut broker = Broker {
             stop,
             threads: Vec::new(),
             databases: Vec::new(),
+            monitor: Monitor::default(),
         };
         let mut first_tries = Vec::new();
         for db in &config.databases {
@@ -55,6 +74,15 @@ impl Broker {
                 Ok(first) => first_tries.push((db.name.clone(), first)),
                 Err(e) => return Err(broker.abort(e)),
             }
+        }
+        match Monitor::start(
+            http,
+            config.systemd.as_ref(),
+            &broker.databases,
+            &broker.stop,
+        ) {
+            Ok(m) => broker.monitor = m,
+            Err(e) => return Err(broker.abort(e)),
         }
         let mut reached = false;
         let mut unreachable = None;
@@ -172,7 +200,14 @@ impl Broker {
             .collect()
     }
 
-    /// Waits until every thread has finished (after `stop()` or a fatal database error).
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on (`http.listen`, with the
+    /// port the system picked if it said port 0); None when `http.listen` is not set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.monitor.http_addr()
+    }
+
+    /// Waits until every thread has finished (after `stop()` or a fatal database error). The
+    /// HTTP endpoint answers until then (`/readyz` says the databases drain).
     pub fn wait(self) -> Result<(), Error> {
         let mut panicked = Vec::new();
         // Listeners first: their drain decides whether workers that ignored the cancel are
@@ -190,6 +225,7 @@ impl Broker {
                 panicked.push(name);
             }
         }
+        self.monitor.stop();
         let mut problems: Vec<String> = self.databases.iter().filter_map(|s| s.fatal()).collect();
         if !panicked.is_empty() {
             problems.push(format!("thread(s) panicked: {}", panicked.join(", ")));

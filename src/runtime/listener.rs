@@ -4,8 +4,9 @@
 //! down the channel to the queue's workers. Every `queue_timer_sec` it polls: recovery of
 //! jobs left by dead instances, dependencies, retention, schedules, and a claim for every
 //! queue. It also enforces deadlines (ending the backend of a job that outlived its timeout
-//! or a cancel) and sends the heartbeat. On shutdown it drains the workers and marks the
-//! instance shut down.
+//! or a cancel), sends the heartbeat and, while `/metrics` is served, reads the pending and
+//! running jobs per queue every [`GAUGES_EVERY`]. On shutdown it drains the workers and marks
+//! the instance shut down.
 //!
 //! Becoming the active instance (connecting, retrying, waiting as a standby) is the
 //! [`Acquirer`]'s part; when the connection drops the listener hands back to it, and serves
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::Level;
 use postgres::error::Severity;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
@@ -27,10 +29,14 @@ use crate::runtime::acquire::Acquirer;
 use crate::runtime::instance::{Instance, HEARTBEAT_INTERVAL};
 use crate::runtime::shared::{Shared, Started};
 use crate::runtime::sharing;
+use crate::runtime::stats::{Ended, Gauges};
 use crate::runtime::worker::DEADLINE_GRACE;
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often the pending/running gauges are read from the database (when they are wanted).
+pub(crate) const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// How soon to poll again while a dead instance's jobs are still locked.
 const ORPHAN_RECHECK: Duration = Duration::from_secs(1);
@@ -99,19 +105,25 @@ pub(crate) fn run(
             Err(Interrupted::Connection(e)) => {
                 // Running jobs go on on their own connections; nothing new is claimed until
                 // the listener is back (it reconnects at once, then with backoff).
-                log::warn!("database {name}: listener connection lost ({e}); reconnecting");
                 shared.set_instance(None);
                 session = None;
-                acquirer.lost();
+                acquirer.lost(
+                    &shared,
+                    format!("database {name}: listener connection lost ({e}); reconnecting"),
+                    Level::Warn,
+                );
             }
             Err(Interrupted::Failed(e)) => {
                 // Starting over at once could repeat the failure in a tight loop. The session
                 // goes (and with it the lock): a fresh one may fare better, or a standby may.
                 let retry = shared.settings.notify_retry_seconds;
-                log::error!("database {name}: listener failed: {e}; starting over in {retry:?}");
                 shared.set_instance(None);
                 session = None;
-                acquirer.lost();
+                acquirer.lost(
+                    &shared,
+                    format!("database {name}: listener failed: {e}; starting over in {retry:?}"),
+                    Level::Error,
+                );
                 shared.pause(retry);
             }
             Err(Interrupted::Superseded) => {
@@ -132,27 +144,41 @@ pub(crate) fn run(
                     break;
                 }
                 log::warn!("database {name}: another broker instance took over; waiting (standby)");
-                wait_on(&mut acquirer, client);
+                wait_on(
+                    &mut acquirer,
+                    &shared,
+                    client,
+                    "standby: another broker instance took over",
+                );
             }
             Err(Interrupted::HandOver(members)) => {
                 let Some((mut client, instance)) = session.take() else {
                     break;
                 };
                 match sharing::hand_over(&shared, &mut client, instance, members) {
-                    Ok(true) => wait_on(&mut acquirer, client),
+                    Ok(true) => wait_on(
+                        &mut acquirer,
+                        &shared,
+                        client,
+                        "standby: handed over to a process that serves fewer databases",
+                    ),
                     Ok(false) => session = Some((client, instance)),
                     Err(e) => {
-                        log::warn!(
-                            "database {name}: listener connection lost while handing over ({}); reconnecting",
-                            describe(&e)
-                        );
                         shared.set_instance(None);
-                        acquirer.lost();
+                        acquirer.lost(
+                            &shared,
+                            format!(
+                                "database {name}: listener connection lost while handing over ({}); reconnecting",
+                                describe(&e)
+                            ),
+                            Level::Warn,
+                        );
                     }
                 }
             }
         }
     }
+    acquirer.draining(&shared);
     drain(&shared, queues, done);
     if let Some((mut client, instance)) = session {
         match instance.shutdown(&mut client) {
@@ -223,6 +249,7 @@ fn serve(
     // Poll at once: jobs added while we were not listening must not wait for the timer.
     let mut next_poll = Instant::now();
     let mut next_ping = Instant::now() + HEARTBEAT_INTERVAL;
+    let mut next_gauges = Instant::now();
     let mut next_delayed: Option<Instant> = None;
     let mut next_cancels: Option<Instant> = None;
     let mut wanted = vec![true; queues.len()];
@@ -250,12 +277,7 @@ fn serve(
                 next_poll = next_poll.min(Instant::now() + wait);
             }
         } else if std::mem::take(&mut woke.schedule) {
-            if let Some(wait) = maintenance(
-                shared,
-                crate::schedule::scheduler::run(&shared.db.name, client),
-            )?
-            .flatten()
-            {
+            if let Some(wait) = schedules(shared, client)? {
                 next_poll = next_poll.min(Instant::now() + wait);
             }
         }
@@ -280,6 +302,10 @@ fn serve(
             }
             next_ping = now + HEARTBEAT_INTERVAL;
             summary(shared, memory);
+        }
+        if shared.process.read_gauges && now >= next_gauges {
+            read_gauges(shared, client)?;
+            next_gauges = now + GAUGES_EVERY;
         }
         if std::mem::take(&mut woke.cancel) || next_cancels.is_some_and(|t| now >= t) {
             // Until every asked-for cancel has taken, look again every second (the backstop).
@@ -349,6 +375,7 @@ fn claim_for(
         let jobs = claim.claim(client, i as i32 + 1, instance.id, limit as i32)?;
         shared.note_claimed(jobs.iter().map(|j| j.id));
         let got = jobs.len();
+        shared.stats.claim_size.observe(got as u64);
         log::trace!(
             "database {}: claimed {got} job(s) of queue {}",
             shared.db.name,
@@ -390,7 +417,9 @@ fn listen(
     );
     let mut rest = notifications.iter().take(MAX_NOTIFICATIONS_PER_TICK);
     let mut next = Some(first);
+    let mut received = 0;
     while let Some(n) = next.take() {
+        received += 1;
         match n.payload() {
             "cancel" => woke.cancel = true,
             "delayed" => woke.delayed = true,
@@ -408,6 +437,10 @@ fn listen(
         }
         next = rest.next()?;
     }
+    shared
+        .stats
+        .notifications
+        .fetch_add(received, std::sync::atomic::Ordering::Relaxed);
     let due = memory
         .last_report
         .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
@@ -508,11 +541,7 @@ fn poll(
         }
     }
     maintenance(shared, purge(shared, client))?;
-    let schedule_wait = maintenance(
-        shared,
-        crate::schedule::scheduler::run(&shared.db.name, client),
-    )?
-    .flatten();
+    let schedule_wait = schedules(shared, client)?;
     for queue in db::queues_above(client, queue_count as i32)? {
         if memory.warned_queues.len() < MAX_WARNED_QUEUES && memory.warned_queues.insert(queue) {
             log::warn!(
@@ -521,6 +550,46 @@ fn poll(
         }
     }
     Ok((db::orphans_left(client, &in_flight)?, schedule_wait))
+}
+
+/// Fires due schedules (a maintenance step) and counts them; returns how soon the next one is
+/// due.
+fn schedules(shared: &Shared, client: &mut Client) -> Result<Option<Duration>, postgres::Error> {
+    let ran = maintenance(
+        shared,
+        crate::schedule::scheduler::run(&shared.db.name, client),
+    )?;
+    Ok(ran.and_then(|ran| {
+        shared
+            .stats
+            .schedules_fired
+            .fetch_add(ran.fired, std::sync::atomic::Ordering::Relaxed);
+        ran.next_in
+    }))
+}
+
+/// Reads the jobs pending and running per queue for `/metrics`: one statement every
+/// [`GAUGES_EVERY`], whatever the number of queues or scrapes. A lock it would wait for skips
+/// it until next time, as for maintenance.
+fn read_gauges(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
+    let queue_count = shared.db.queue_count as i32;
+    if let Some(rows) = maintenance(shared, db::queue_gauges(client, queue_count))? {
+        let mut gauges = Gauges {
+            queues: vec![(0, 0); shared.db.queue_count as usize],
+            unserved: (0, 0),
+            read_at: Instant::now(),
+        };
+        for (queue, pending, running) in rows {
+            let slot = usize::try_from(queue - 1)
+                .ok()
+                .and_then(|i| gauges.queues.get_mut(i))
+                .unwrap_or(&mut gauges.unserved);
+            slot.0 += pending;
+            slot.1 += running;
+        }
+        shared.stats.set_gauges(Some(gauges));
+    }
+    Ok(())
 }
 
 /// A maintenance step's result: a lock it would have waited for (lock timeout, deadlock,
@@ -577,20 +646,21 @@ fn summary(shared: &Shared, memory: &mut Memory) {
     }
     let s = &shared.stats;
     let now = (
-        s.completed.load(Relaxed),
-        s.failed.load(Relaxed),
-        s.cancelled.load(Relaxed),
+        s.total(Ended::Completed),
+        // An attempt that failed counts as a failure, also when the job is retried.
+        s.total(Ended::Failed) + s.total(Ended::Retried),
+        s.total(Ended::Cancelled),
     );
     let (before, secs) = (memory.last_summary, elapsed.as_secs_f64());
     let (c, f, x) = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
     if c + f + x > 0 {
-        let unlogged = s.unlogged_failures.swap(0, Relaxed);
+        let unlogged = s.unlogged_job_lines.swap(0, Relaxed);
         log::info!(
             "database {}: in the last {secs:.0}s: {c} job(s) completed, {f} failed, {x} cancelled ({:.1} jobs/s){}",
             shared.db.name,
             (c + f + x) as f64 / secs,
             if unlogged > 0 {
-                format!("; {unlogged} failure(s) not logged one by one")
+                format!("; {unlogged} line(s) about single jobs (failures, jobs that could not start) logged at debug only")
             } else {
                 String::new()
             }
@@ -600,12 +670,20 @@ fn summary(shared: &Shared, memory: &mut Memory) {
     memory.last_summary_at = Instant::now();
 }
 
-/// Keeps waiting for the database on `client`, which no longer serves it. It stops listening
-/// first, or notifications would pile up in memory while another process serves.
-fn wait_on(acquirer: &mut Acquirer, mut client: Client) {
+/// Keeps waiting for the database on `client`, which no longer serves it (`why`). It stops
+/// listening first, or notifications would pile up in memory while another process serves.
+fn wait_on(acquirer: &mut Acquirer, shared: &Shared, mut client: Client, why: &str) {
     match client.batch_execute("UNLISTEN *") {
-        Ok(()) => acquirer.resume(client),
-        Err(_) => acquirer.lost(),
+        Ok(()) => acquirer.resume(shared, client, why),
+        Err(e) => acquirer.lost(
+            shared,
+            format!(
+                "database {}: listener connection lost ({}); reconnecting",
+                shared.db.name,
+                describe(&e)
+            ),
+            Level::Warn,
+        ),
     }
 }
 

@@ -3,7 +3,9 @@
 //! the queue's workers ([`worker`]) run them ([`execute`]) and record each result in the
 //! transaction of its effects. Around that: becoming the single active instance ([`acquire`],
 //! [`instance`]), standby sharing ([`sharing`]), the state a database's threads share
-//! ([`shared`]), and starting and stopping it all ([`broker`], [`shutdown`]).
+//! ([`shared`]) and what they count ([`stats`]), what the process tells the outside
+//! ([`monitor`]: HTTP endpoints, systemd), and starting and stopping it all ([`broker`],
+//! [`shutdown`]).
 
 /// Per database: from "not connected" to "active instance" (backoff, recovery, standby).
 pub(crate) mod acquire;
@@ -15,11 +17,15 @@ pub(crate) mod execute;
 pub(crate) mod instance;
 /// Per database: LISTEN, claim, poll, heartbeat, drain.
 pub(crate) mod listener;
+/// `/metrics`, `/healthz`, `/readyz` and the systemd notifications.
+pub(crate) mod monitor;
 /// What the listener and workers of a database share.
 pub(crate) mod shared;
 /// Standby processes sharing databases out among themselves.
 pub(crate) mod sharing;
 /// SIGTERM/SIGINT handling and the stop handle.
 pub(crate) mod shutdown;
+/// What a database's threads count: jobs, durations, claims, gauges.
+pub(crate) mod stats;
 /// Per queue: run claimed jobs, group-committed.
 pub(crate) mod worker;

@@ -2,7 +2,7 @@
 //! one process share ([`Process`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::db::{self, Pool};
 use crate::error::Error;
 use crate::runtime::instance::Instance;
 use crate::runtime::shutdown::StopHandle;
+use crate::runtime::stats::Stats;
 
 /// How a listener's first try went, for `Broker::start`.
 pub(crate) enum Started {
@@ -36,16 +37,19 @@ pub(crate) struct Process {
     pub databases: usize,
     /// Databases this process is the active instance of now.
     served: AtomicUsize,
+    /// Read the pending/running gauges from the database (someone may scrape them).
+    pub read_gauges: bool,
     /// When this process last began handing a database over to another process.
     last_hand_over: Mutex<Option<Instant>>,
 }
 
 impl Process {
-    pub fn new(standby: bool, databases: usize) -> Process {
+    pub fn new(standby: bool, databases: usize, read_gauges: bool) -> Process {
         Process {
             standby,
             databases,
             served: AtomicUsize::new(0),
+            read_gauges,
             last_hand_over: Mutex::new(None),
         }
     }
@@ -91,36 +95,40 @@ pub(crate) struct Running {
     pub ended: Option<String>,
 }
 
-/// Counts for the periodic summary, and the budget of failure lines a minute may log.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub cancelled: AtomicU64,
-    /// Failure lines left in this minute, and the failures that found none left.
-    warnings: Mutex<(Option<Instant>, u32)>,
-    pub unlogged_failures: AtomicU64,
+/// Where one database stands for this process: what `/readyz` and the systemd notifications
+/// report. The database's listener thread (its `Acquirer`) is the only writer, and logs each
+/// change once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Before the first connection try has an outcome.
+    Connecting,
+    /// Cannot connect (or lost the connection while connecting); retrying with backoff.
+    Unreachable,
+    /// The listener's connection was lost or a statement of it failed; starting over.
+    Lost,
+    /// The server is in recovery (a replica); checked again until it is promoted.
+    InRecovery,
+    /// The schema is missing, outdated or unusable, or registering failed; checked again.
+    SchemaUnusable,
+    /// Standby: another broker instance is active; this one takes over when it dies.
+    Held,
+    /// Standby: the database is free, left to a process that serves fewer for a moment.
+    Free,
+    /// Standby: this process handed the database over or was superseded, and waits.
+    Released,
+    /// This process is the database's active instance.
+    Serving,
+    /// Shutting down: no new claims, running jobs finish.
+    Draining,
 }
 
-/// Failure lines logged per minute at most: a submitter's thousand failing jobs make a count
-/// in the summary, not a thousand lines.
-const FAILURE_LINES_PER_MINUTE: u32 = 10;
-
-impl Stats {
-    /// True when one more failure may be logged on its own line.
-    pub fn may_log_failure(&self) -> bool {
-        let mut w = lock(&self.warnings);
-        if w.0
-            .is_none_or(|since| since.elapsed() >= Duration::from_secs(60))
-        {
-            *w = (Some(Instant::now()), FAILURE_LINES_PER_MINUTE);
-        }
-        if w.1 == 0 {
-            self.unlogged_failures.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        w.1 -= 1;
-        true
+impl State {
+    /// Served, or deliberately waiting as a standby.
+    pub fn is_ready(self) -> bool {
+        matches!(
+            self,
+            State::Serving | State::Held | State::Free | State::Released
+        )
     }
 }
 
@@ -146,6 +154,8 @@ pub(crate) struct Shared {
     /// worker takes a claim whole (one transaction) rather than its first job alone.
     sending: Vec<Mutex<()>>,
     pub stats: Stats,
+    /// Where the database stands, with a one-line reason (see [`State`]).
+    state: Mutex<(State, String)>,
     /// Why this database stopped being served, when it was not a requested stop.
     fatal: Mutex<Option<String>>,
     /// Set when shutdown gave up on workers that did not stop after their job was cancelled.
@@ -174,7 +184,8 @@ impl Shared {
             slots: (0..workers).map(|_| Mutex::new(Slot::default())).collect(),
             runners: Mutex::new(HashSet::new()),
             sending: (0..db.queue_count).map(|_| Mutex::new(())).collect(),
-            stats: Stats::default(),
+            stats: Stats::new(db.queue_count),
+            state: Mutex::new((State::Connecting, "connecting".into())),
             fatal: Mutex::new(None),
             abandoned: AtomicBool::new(false),
             hand_back: AtomicBool::new(false),
@@ -213,6 +224,16 @@ impl Shared {
         lock(&self.fatal).clone()
     }
 
+    /// Where the database stands, and why, in a few words.
+    pub fn state(&self) -> (State, String) {
+        lock(&self.state).clone()
+    }
+
+    /// For the listener's thread only (see [`State`]).
+    pub fn set_state(&self, state: State, detail: String) {
+        *lock(&self.state) = (state, detail);
+    }
+
     pub fn instance(&self) -> Option<i64> {
         Some(self.instance.load(Ordering::SeqCst)).filter(|&id| id != 0)
     }
@@ -230,6 +251,10 @@ impl Shared {
                 self.process.served.fetch_sub(1, Ordering::SeqCst);
             }
             _ => {}
+        }
+        if new == 0 {
+            // Not serving: what was read is no longer this process's to report.
+            self.stats.set_gauges(None);
         }
     }
 

@@ -24,66 +24,79 @@ pub(crate) const NOTIFY_PAYLOAD: &str = "schedule";
 /// Schedules handled per run at most; more are due → the caller is told to come back at once.
 const MAX_PER_RUN: i64 = 500;
 
+/// What a scheduler run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ran {
+    /// How long until the earliest planned fire time (None: nothing planned).
+    pub next_in: Option<Duration>,
+    /// Jobs enqueued for due times.
+    pub fired: u64,
+}
+
 /// Plans new schedules and fires due ones. Returns how long until the earliest planned fire
-/// time, for the listener to poll again by then (None: nothing planned).
+/// time, for the listener to poll again by then, and how many jobs it enqueued.
 ///
 /// Only a broken connection is an error: a statement that fails is logged (and, if the
 /// schedule itself is at fault, the schedule disabled) so that one bad row cannot stop the
 /// listener.
-pub(crate) fn run(
-    database: &str,
-    client: &mut Client,
-) -> Result<Option<Duration>, postgres::Error> {
+pub(crate) fn run(database: &str, client: &mut Client) -> Result<Ran, postgres::Error> {
+    let mut ran = Ran::default();
     let rows = match db::schedules_to_run(client, MAX_PER_RUN) {
         Ok(rows) => rows,
-        Err(e) => return statement_error(database, "reading schedules", e).map(|()| None),
+        Err(e) => return statement_error(database, "reading schedules", e).map(|()| ran),
     };
     let more = rows.len() as i64 >= MAX_PER_RUN;
     for row in &rows {
-        if let Err(e) = handle(database, client, row) {
-            if !db::is_statement_error(&e) {
-                return Err(e);
+        match handle(database, client, row) {
+            Ok(fired) => ran.fired += u64::from(fired),
+            Err(e) => {
+                if !db::is_statement_error(&e) {
+                    return Err(e);
+                }
+                if db::is_transient(&e) {
+                    log::warn!(
+                        "database {database}: schedule {} {:?}: {}; trying again at the next poll",
+                        row.id,
+                        row.name,
+                        describe(&e)
+                    );
+                    continue;
+                }
+                // The same would fail at every poll (e.g. run_as no longer allowed): stop, say
+                // why.
+                let reason = format!("cannot enqueue its job: {}", describe(&e));
+                disable(database, client, row, &reason)?;
             }
-            if db::is_transient(&e) {
-                log::warn!(
-                    "database {database}: schedule {} {:?}: {}; trying again at the next poll",
-                    row.id,
-                    row.name,
-                    describe(&e)
-                );
-                continue;
-            }
-            // The same would fail at every poll (e.g. run_as no longer allowed): stop, say why.
-            let reason = format!("cannot enqueue its job: {}", describe(&e));
-            disable(database, client, row, &reason)?;
         }
     }
     if more {
-        return Ok(Some(Duration::ZERO));
+        ran.next_in = Some(Duration::ZERO);
+        return Ok(ran);
     }
     match db::next_schedule_wait(client) {
-        Ok(wait) => Ok(wait),
-        Err(e) => statement_error(database, "reading the next fire time", e).map(|()| None),
+        Ok(wait) => ran.next_in = wait,
+        Err(e) => statement_error(database, "reading the next fire time", e)?,
     }
+    Ok(ran)
 }
 
-/// Plans a schedule that has no `next_run`, or fires a due one.
-fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), postgres::Error> {
+/// Plans a schedule that has no `next_run`, or fires a due one; true when it enqueued a job.
+fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<bool, postgres::Error> {
     let Some(due) = row.next_run else {
         let Some((cron, tz)) = parse(database, client, row)? else {
-            return Ok(());
+            return Ok(false);
         };
         let anchor = DateTime::<Utc>::from(row.anchor);
         match cron.next_since(anchor, row.now.into(), tz) {
             Ok(next) => db::plan_schedule(client, row.id, SystemTime::from(next))?,
             Err(e) => disable(database, client, row, &e.to_string())?,
         }
-        return Ok(());
+        return Ok(false);
     };
     let mut tx = client.transaction()?;
     // Read again under the lock: an operator may have changed or disabled it meanwhile.
     let Some(locked) = db::lock_due_schedule(&mut tx, row.id)? else {
-        return Ok(());
+        return Ok(false);
     };
     let due = locked.next_run.unwrap_or(due);
     // The first fire time after now: missed slots collapse into this one firing.
@@ -102,7 +115,8 @@ fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), 
                 locked.name
             );
             db::disable_schedule(&mut tx, locked.id, &reason)?;
-            return tx.commit();
+            tx.commit()?;
+            return Ok(false);
         }
     };
     let (job, outcome) = db::fire_schedule(&mut tx, locked.id, due, next)?;
@@ -131,7 +145,7 @@ fn handle(database: &str, client: &mut Client, row: &ScheduleRow) -> Result<(), 
             locked.name
         ),
     }
-    Ok(())
+    Ok(outcome == "fired" && job.is_some())
 }
 
 /// The expression and zone of a row, or (after disabling the schedule) None.

@@ -25,6 +25,7 @@ use crate::db::{self, PooledClient};
 use crate::error::describe;
 use crate::runtime::execute::{self, last_value, Outcome};
 use crate::runtime::shared::{Running, Shared};
+use crate::runtime::stats::Ended;
 
 /// Non-transactional jobs, alone in the session.
 mod alone;
@@ -256,7 +257,13 @@ impl Worker<'_> {
     /// `broker_run` would not start the job (see `db::is_not_startable`): no attempt
     /// happened, and the job is left to its lock holder, its new claimant or recovery.
     fn not_started(&self, job: &Job, e: &postgres::Error) {
-        log::info!(
+        let level = if self.shared.stats.may_log_job_line() {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "database {}: job {} not started: {}",
             self.shared.db.name,
             job.id,
@@ -386,27 +393,35 @@ impl Worker<'_> {
             let status = f.status.as_deref().unwrap_or("gone");
             match (&f.outcome, status) {
                 (Outcome::Completed, "completed") => {
-                    stats.completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats.finished(self.queue, Ended::Completed, f.took);
                     log::debug!("database {name}: job {id} completed in {took:.3}s");
                 }
                 (Outcome::Pending, _) => {
                     log::info!("database {name}: job {id} handed back, pending again")
                 }
-                (_, "locked") => log::warn!(
-                    "database {name}: job {id}: another session holds its row; recovery settles it once that lock is gone"
-                ),
-                (outcome, status) => {
-                    let counter = if status == "cancelled" {
-                        &stats.cancelled
+                (_, "locked") => {
+                    let level = if stats.may_log_job_line() {
+                        log::Level::Warn
                     } else {
-                        &stats.failed
+                        log::Level::Debug
                     };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::log!(
+                        level,
+                        "database {name}: job {id}: another session holds its row; recovery settles it once that lock is gone"
+                    )
+                }
+                (outcome, status) => {
+                    let how = match status {
+                        "cancelled" => Ended::Cancelled,
+                        "pending" => Ended::Retried,
+                        _ => Ended::Failed,
+                    };
+                    stats.finished(self.queue, how, f.took);
                     let error = match outcome {
                         Outcome::Failed(e) => e.as_str(),
                         _ => "the job changed hands while it ran (recovered or cancelled)",
                     };
-                    if stats.may_log_failure() {
+                    if stats.may_log_job_line() {
                         log::warn!(
                             "database {name}: job {id} failed after {took:.3}s (now {status}): {error}"
                         );
