@@ -4,7 +4,7 @@
 # Run: benches/compare.sh   (from any directory; BROKER_TEST_DSN and BENCH_JOBS as for
 # `cargo bench --bench throughput`, default 20000 jobs on host=127.0.0.1 port=5432 user=postgres)
 #
-# Runs scenario 1 of benches/throughput.rs (BENCH_ONLY=drain: pre-queued no-op jobs, 4 queues,
+# Runs scenario 1 of benches/throughput/ (BENCH_ONLY=drain: pre-queued no-op jobs, 4 queues,
 # one worker each), then benches/graphile/bench.js (the same jobs, graphile-worker with
 # concurrency 10; `npm ci` first if node_modules is missing), and prints both rates and their
 # ratio. Needs cargo, Node.js 20 and npm.

@@ -214,3 +214,6 @@ pub(super) fn readable_by_others(path: &Path) -> Option<u32> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,11 +26,11 @@ use crate::db;
 use crate::db::Job;
 use crate::error::describe;
 use crate::runtime::acquire::Acquirer;
+use crate::runtime::deadlines::{deliver_cancels, enforce_deadlines};
 use crate::runtime::instance::{Instance, HEARTBEAT_INTERVAL};
 use crate::runtime::shared::{Shared, Started};
 use crate::runtime::sharing;
 use crate::runtime::stats::{Ended, Gauges};
-use crate::runtime::worker::DEADLINE_GRACE;
 
 /// How long the listener blocks for notifications before it looks at the stop flag.
 const TICK: Duration = Duration::from_millis(250);
@@ -453,66 +453,6 @@ fn listen(
         );
         memory.ignored = 0;
         memory.last_report = Some(Instant::now());
-    }
-    Ok(())
-}
-
-/// Cancels the statements of running jobs whose cancel was asked for and, when one still runs
-/// [`DEADLINE_GRACE`] after that, ends its backend. True while requests are pending.
-fn deliver_cancels(shared: &Shared, client: &mut Client) -> Result<bool, postgres::Error> {
-    let requested = db::cancel_requested(client)?;
-    for id in &requested {
-        for mut slot in shared.slots() {
-            let Some(pid) = slot.conn.as_ref().map(|(pid, _)| *pid) else {
-                continue;
-            };
-            let Some(job) = slot.job.as_mut().filter(|j| j.id == *id) else {
-                continue;
-            };
-            if job.ended.is_some() {
-                continue;
-            }
-            // The worker cannot move on to another job while this slot is locked, so the
-            // signal reaches this job's statement and no other.
-            match job.cancel_sent {
-                None => {
-                    db::signal_backend(client, pid, false)?;
-                    job.cancel_sent = Some(Instant::now());
-                }
-                Some(sent) if sent.elapsed() >= DEADLINE_GRACE => {
-                    db::signal_backend(client, pid, true)?;
-                    job.ended = Some(format!(
-                        "cancelled; the job ignored the cancel for {}s and the broker ended its backend",
-                        DEADLINE_GRACE.as_secs()
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    Ok(!requested.is_empty())
-}
-
-/// Ends the backend of every job that outlived its timeout by [`DEADLINE_GRACE`] (its SQL
-/// caught the statement timeout); the worker records it failed and carries on.
-fn enforce_deadlines(shared: &Shared, client: &mut Client) -> Result<(), postgres::Error> {
-    let now = Instant::now();
-    for mut slot in shared.slots() {
-        let Some(pid) = slot.conn.as_ref().map(|(pid, _)| *pid) else {
-            continue;
-        };
-        let Some(job) = slot.job.as_mut() else {
-            continue;
-        };
-        if job.ended.is_none() && job.deadline.is_some_and(|d| now >= d) {
-            db::signal_backend(client, pid, true)?;
-            let why = format!(
-                "ran past its timeout by {}s (its SQL caught the cancel); the broker ended its backend",
-                DEADLINE_GRACE.as_secs()
-            );
-            log::warn!("database {}: job {}: {why}", shared.db.name, job.id);
-            job.ended = Some(why);
-        }
     }
     Ok(())
 }

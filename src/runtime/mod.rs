@@ -11,6 +11,8 @@
 pub(crate) mod acquire;
 /// Starting and stopping the whole broker.
 pub(crate) mod broker;
+/// The backstop behind timeouts and cancels: cancel, then end the backend.
+pub(crate) mod deadlines;
 /// The statements that run a claimed job, and what they return.
 pub(crate) mod execute;
 /// The single active instance per database.

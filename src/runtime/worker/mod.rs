@@ -23,6 +23,7 @@ use postgres::error::SqlState;
 use crate::db::Job;
 use crate::db::{self, PooledClient};
 use crate::error::describe;
+use crate::runtime::deadlines::DEADLINE_GRACE;
 use crate::runtime::execute::{self, last_value, Outcome};
 use crate::runtime::shared::{Running, Shared};
 use crate::runtime::stats::Ended;
@@ -38,11 +39,6 @@ use loss::Lost;
 /// subtransaction ids per backend in shared memory; beyond that every other session's snapshot
 /// gets slower while the transaction is open.
 pub(crate) const MAX_JOBS_PER_TRANSACTION: usize = 64;
-
-/// How long a job may outlive its timeout (or a cancel) before the listener ends its backend:
-/// long enough for a cancelled statement to unwind, short enough that catching
-/// `query_canceled` buys nothing.
-pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(3);
 
 /// Connection losses one batch rides through before it leaves its jobs to recovery.
 const MAX_LOSSES_PER_BATCH: u32 = 3;
