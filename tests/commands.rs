@@ -10,46 +10,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Runs the binary on `db`'s config with `args` after it.
-fn cli(db: &TestDb, args: &[&str]) -> Output {
-    let config = db.config("", "");
-    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
-    all.extend_from_slice(args);
-    run_cli(&all)
-}
-
-/// Runs a command that must succeed and returns its standard output.
-fn ok(db: &TestDb, args: &[&str]) -> String {
-    let out = cli(db, args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
-/// `add` through the command line; returns the new job's id.
-fn add(db: &TestDb, args: &[&str]) -> i64 {
-    let mut all = vec!["add"];
-    all.extend_from_slice(args);
-    let out = ok(db, &all);
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not an id: {out}"))
-}
-
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-fn column(db: &TestDb, id: i64, expr: &str) -> String {
-    db.value(&format!(
-        "SELECT ({expr})::text FROM broker_jobs WHERE id = {id}"
-    ))
-    .unwrap_or_else(|| "NULL".into())
 }
 
 /// `status` and `status --json` of a database with a running broker, completed, failed,
@@ -61,12 +23,9 @@ fn status_json_matches_the_table() {
     let db = TestDb::new();
     let config = db.config("", "  queue_timer_sec: 3600\n");
     let broker = BrokerProcess::start_serving(&db, &config);
-    let done = add(&db, &["--name", "done", "SELECT 1"]);
-    let failed = add(&db, &["--name", "boom", "SELECT 1/0"]);
-    let stuck = add(
-        &db,
-        &["--name", "stuck", "--queue", "2", "SELECT pg_sleep(600)"],
-    );
+    let done = db.cli_add(&["--name", "done", "SELECT 1"]);
+    let failed = db.cli_add(&["--name", "boom", "SELECT 1/0"]);
+    let stuck = db.cli_add(&["--name", "stuck", "--queue", "2", "SELECT pg_sleep(600)"]);
     let lost = db.add_job("broker_add_job('lost', 'SELECT 1', 5)");
     db.wait_status(done, "completed");
     db.wait_status(failed, "failed");
@@ -78,8 +37,8 @@ fn status_json_matches_the_table() {
             == Some("1")
     });
 
-    let text = ok(&db, &["status"]);
-    let doc = json(&ok(&db, &["status", "--json"]));
+    let text = db.cli_ok(&["status"]);
+    let doc = json(&db.cli_ok(&["status", "--json"]));
     let dbs = doc["databases"].as_array().expect("databases array");
     assert_eq!(dbs.len(), 1, "{doc}");
     let d = &dbs[0];
@@ -175,15 +134,15 @@ fn status_json_matches_the_table() {
     assert_eq!(db.status(lost), "pending");
 
     // Cancelling the running job: requested at once, done by the broker.
-    let out = ok(&db, &["cancel", &stuck.to_string()]);
+    let out = db.cli_ok(&["cancel", &stuck.to_string()]);
     assert!(out.contains("cancel requested"), "{out}");
     db.wait_status(stuck, "cancelled");
     assert!(
-        column(&db, stuck, "error_text").contains("while running"),
+        db.job_column(stuck, "error_text").contains("while running"),
         "{}",
-        column(&db, stuck, "error_text")
+        db.job_column(stuck, "error_text")
     );
-    let doc = json(&ok(&db, &["status", "--json"]));
+    let doc = json(&db.cli_ok(&["status", "--json"]));
     assert_eq!(doc["databases"][0]["running"], Value::Array(vec![]));
 }
 
@@ -193,17 +152,17 @@ fn status_json_matches_the_table() {
 fn cancel_changes_the_row() {
     let db = TestDb::new();
     db.install();
-    let id = add(&db, &["SELECT 1"]);
-    let out = ok(&db, &["cancel", &id.to_string()]);
+    let id = db.cli_add(&["SELECT 1"]);
+    let out = db.cli_ok(&["cancel", &id.to_string()]);
     assert_eq!(out.trim(), format!("job {id} cancelled"));
     assert_eq!(db.status(id), "cancelled");
     assert_eq!(
-        column(&db, id, "error_text"),
+        db.job_column(id, "error_text"),
         format!("cancelled by {}", user())
     );
-    assert_eq!(column(&db, id, "completed_at IS NOT NULL"), "true");
+    assert_eq!(db.job_column(id, "completed_at IS NOT NULL"), "true");
 
-    let out = cli(&db, &["cancel", &id.to_string()]);
+    let out = db.cli(&["cancel", &id.to_string()]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr
@@ -211,16 +170,16 @@ fn cancel_changes_the_row() {
         "{}",
         out.stderr
     );
-    let finished = add(&db, &["SELECT 1"]);
+    let finished = db.cli_add(&["SELECT 1"]);
     db.exec(&format!(
         "UPDATE broker_jobs SET status = 'completed', completed_at = now() WHERE id = {finished}"
     ));
-    let out = cli(&db, &["cancel", &finished.to_string()]);
+    let out = db.cli(&["cancel", &finished.to_string()]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(out.stderr.contains("already completed"), "{}", out.stderr);
     assert_eq!(db.status(finished), "completed");
 
-    let out = cli(&db, &["cancel", "424242"]);
+    let out = db.cli(&["cancel", "424242"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr
@@ -228,7 +187,7 @@ fn cancel_changes_the_row() {
         "{}",
         out.stderr
     );
-    let out = cli(&db, &["cancel", "soon"]);
+    let out = db.cli(&["cancel", "soon"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
 }
 
@@ -238,10 +197,10 @@ fn cancel_changes_the_row() {
 fn jobs_lists_and_filters() {
     let db = TestDb::new();
     db.install();
-    let a = add(&db, &["--name", "first", "SELECT 1"]);
-    let b = add(&db, &["--name", "second", "--queue", "2", "SELECT 2"]);
-    let c = add(&db, &["--name", "third", "--priority", "5", "SELECT 3"]);
-    ok(&db, &["cancel", &b.to_string()]);
+    let a = db.cli_add(&["--name", "first", "SELECT 1"]);
+    let b = db.cli_add(&["--name", "second", "--queue", "2", "SELECT 2"]);
+    let c = db.cli_add(&["--name", "third", "--priority", "5", "SELECT 3"]);
+    db.cli_ok(&["cancel", &b.to_string()]);
 
     let ids = |out: &str| -> Vec<i64> {
         out.lines()
@@ -254,7 +213,7 @@ fn jobs_lists_and_filters() {
             })
             .collect()
     };
-    let out = ok(&db, &["jobs"]);
+    let out = db.cli_ok(&["jobs"]);
     let header: Vec<&str> = out
         .lines()
         .next()
@@ -267,19 +226,19 @@ fn jobs_lists_and_filters() {
     );
     assert_eq!(ids(&out), [c, b, a], "{out}");
     assert!(out.contains("cancelled by"), "{out}");
-    assert_eq!(ids(&ok(&db, &["jobs", "--status", "cancelled"])), [b]);
-    assert_eq!(ids(&ok(&db, &["jobs", "--status", "pending"])), [c, a]);
-    assert_eq!(ids(&ok(&db, &["jobs", "--queue", "2"])), [b]);
+    assert_eq!(ids(&db.cli_ok(&["jobs", "--status", "cancelled"])), [b]);
+    assert_eq!(ids(&db.cli_ok(&["jobs", "--status", "pending"])), [c, a]);
+    assert_eq!(ids(&db.cli_ok(&["jobs", "--queue", "2"])), [b]);
     assert_eq!(
-        ids(&ok(&db, &["jobs", "--queue", "1", "--limit", "1"])),
+        ids(&db.cli_ok(&["jobs", "--queue", "1", "--limit", "1"])),
         [c]
     );
     assert_eq!(
-        ids(&ok(&db, &["jobs", "--status", "failed"])),
+        ids(&db.cli_ok(&["jobs", "--status", "failed"])),
         Vec::<i64>::new()
     );
 
-    let doc = json(&ok(&db, &["jobs", "--json", "--status", "pending"]));
+    let doc = json(&db.cli_ok(&["jobs", "--json", "--status", "pending"]));
     let jobs = doc.as_array().expect("array");
     assert_eq!(jobs.len(), 2, "{doc}");
     assert_eq!(jobs[0]["id"], c);
@@ -303,7 +262,7 @@ fn jobs_lists_and_filters() {
         (&["jobs", "--limit", "0"], "--limit 0 is out of range"),
         (&["jobs", "--database", "nope"], "--database nope"),
     ] {
-        let out = cli(&db, args);
+        let out = db.cli(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stdout);
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
@@ -316,34 +275,31 @@ fn add_options_land_in_the_row() {
     let db = TestDb::new();
     db.install();
     let (a, b, c) = (
-        add(&db, &["SELECT 1"]),
-        add(&db, &["SELECT 2"]),
-        add(&db, &["SELECT 3"]),
+        db.cli_add(&["SELECT 1"]),
+        db.cli_add(&["SELECT 2"]),
+        db.cli_add(&["SELECT 3"]),
     );
-    let id = add(
-        &db,
-        &[
-            "--name",
-            "full",
-            "--queue",
-            "2",
-            "--priority",
-            "7",
-            "--run-after",
-            "5m",
-            "--max-attempts",
-            "3",
-            "--timeout",
-            "1m30s",
-            "--non-transactional",
-            "--retry-on-crash",
-            "--depends-on",
-            &a.to_string(),
-            "--depends-on",
-            &format!("{b},{c}"),
-            "VACUUM",
-        ],
-    );
+    let id = db.cli_add(&[
+        "--name",
+        "full",
+        "--queue",
+        "2",
+        "--priority",
+        "7",
+        "--run-after",
+        "5m",
+        "--max-attempts",
+        "3",
+        "--timeout",
+        "1m30s",
+        "--non-transactional",
+        "--retry-on-crash",
+        "--depends-on",
+        &a.to_string(),
+        "--depends-on",
+        &format!("{b},{c}"),
+        "VACUUM",
+    ]);
     for (expr, expected) in [
         ("job_name", "full"),
         ("job_queue", "2"),
@@ -361,26 +317,23 @@ fn add_options_land_in_the_row() {
             &format!("{{{a},{b},{c}}}"),
         ),
     ] {
-        assert_eq!(column(&db, id, expr), expected, "{expr}");
+        assert_eq!(db.job_column(id, expr), expected, "{expr}");
     }
-    let at = add(
-        &db,
-        &["--run-after", "2030-01-02T03:04:05+01:00", "SELECT 1"],
-    );
+    let at = db.cli_add(&["--run-after", "2030-01-02T03:04:05+01:00", "SELECT 1"]);
     assert_eq!(
-        column(&db, at, "run_after = '2030-01-02 02:04:05Z'"),
+        db.job_column(at, "run_after = '2030-01-02 02:04:05Z'"),
         "true",
         "{}",
-        column(&db, at, "run_after")
+        db.job_column(at, "run_after")
     );
-    let plain = add(&db, &["SELECT 1"]);
+    let plain = db.cli_add(&["SELECT 1"]);
     for (expr, expected) in [
         ("max_attempts", "1"),
         ("timeout", "NULL"),
         ("transactional", "true"),
         ("delayed", "false"),
     ] {
-        assert_eq!(column(&db, plain, expr), expected, "{expr}");
+        assert_eq!(db.job_column(plain, expr), expected, "{expr}");
     }
 
     let count = || db.value("SELECT count(*) FROM broker_jobs");
@@ -400,11 +353,11 @@ fn add_options_land_in_the_row() {
         let mut all = vec!["add"];
         all.extend_from_slice(args);
         all.push("SELECT 1");
-        let out = cli(&db, &all);
+        let out = db.cli(&all);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stdout);
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
-    let out = cli(&db, &["add", "--depends-on", "424242", "SELECT 1"]);
+    let out = db.cli(&["add", "--depends-on", "424242", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr.contains("SQLSTATE 23503") && out.stderr.contains("424242"),
@@ -426,23 +379,20 @@ fn schedule_subcommands_change_broker_schedule() {
         ))
         .unwrap_or_else(|| "NULL".into())
     };
-    let out = ok(
-        &db,
-        &[
-            "schedule",
-            "add",
-            "nightly",
-            "0 3 * * *",
-            "SELECT 1",
-            "--tz",
-            "europe/amsterdam",
-            "--queue",
-            "2",
-            "--priority",
-            "4",
-            "--overlap",
-        ],
-    );
+    let out = db.cli_ok(&[
+        "schedule",
+        "add",
+        "nightly",
+        "0 3 * * *",
+        "SELECT 1",
+        "--tz",
+        "europe/amsterdam",
+        "--queue",
+        "2",
+        "--priority",
+        "4",
+        "--overlap",
+    ]);
     let id: i64 = out.trim().parse().expect("schedule id");
     for (expr, expected) in [
         ("schedule_name", "nightly"),
@@ -457,7 +407,7 @@ fn schedule_subcommands_change_broker_schedule() {
         assert_eq!(schedule(id, expr), expected, "{expr}");
     }
 
-    let list = ok(&db, &["schedule", "list"]);
+    let list = db.cli_ok(&["schedule", "list"]);
     let row = list
         .lines()
         .find(|l| l.starts_with(&format!("{id} ")))
@@ -466,26 +416,26 @@ fn schedule_subcommands_change_broker_schedule() {
         row.contains("nightly") && row.contains("0 3 * * *") && row.contains("Europe/Amsterdam"),
         "{row}"
     );
-    let doc = json(&ok(&db, &["schedule", "list", "--json"]));
+    let doc = json(&db.cli_ok(&["schedule", "list", "--json"]));
     assert_eq!(doc[0]["id"], id);
     assert_eq!(doc[0]["enabled"], true);
     assert_eq!(doc[0]["timezone"], "Europe/Amsterdam");
     assert!(doc[0]["last_error"].is_null());
 
-    let out = ok(&db, &["schedule", "disable", "nightly"]);
+    let out = db.cli_ok(&["schedule", "disable", "nightly"]);
     assert_eq!(out.trim(), format!("schedule {id} disabled"));
     assert_eq!(schedule(id, "enabled"), "false");
     db.exec(&format!(
         "UPDATE broker_schedule SET last_error = 'bad' WHERE id = {id}"
     ));
-    ok(&db, &["schedule", "enable", &id.to_string()]);
+    db.cli_ok(&["schedule", "enable", &id.to_string()]);
     assert_eq!(schedule(id, "enabled"), "true");
     assert_eq!(schedule(id, "last_error"), "NULL");
 
     // A name two schedules share is not enough; an unknown one is an error.
-    let out = ok(&db, &["schedule", "add", "nightly", "@hourly", "SELECT 2"]);
+    let out = db.cli_ok(&["schedule", "add", "nightly", "@hourly", "SELECT 2"]);
     let twin: i64 = out.trim().parse().expect("schedule id");
-    let out = cli(&db, &["schedule", "remove", "nightly"]);
+    let out = db.cli(&["schedule", "remove", "nightly"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr
@@ -493,7 +443,7 @@ fn schedule_subcommands_change_broker_schedule() {
         "{}",
         out.stderr
     );
-    let out = cli(&db, &["schedule", "disable", "weekly"]);
+    let out = db.cli(&["schedule", "disable", "weekly"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr.contains("no schedule named \"weekly\""),
@@ -501,14 +451,14 @@ fn schedule_subcommands_change_broker_schedule() {
         out.stderr
     );
 
-    let out = ok(&db, &["schedule", "remove", &twin.to_string()]);
+    let out = db.cli_ok(&["schedule", "remove", &twin.to_string()]);
     assert_eq!(out.trim(), format!("schedule {twin} removed"));
-    ok(&db, &["schedule", "remove", "nightly"]);
+    db.cli_ok(&["schedule", "remove", "nightly"]);
     assert_eq!(
         db.value("SELECT count(*) FROM broker_schedule").as_deref(),
         Some("0")
     );
-    let out = cli(&db, &["schedule", "remove", &id.to_string()]);
+    let out = db.cli(&["schedule", "remove", &id.to_string()]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stderr.contains(&format!("no schedule {id}")),
@@ -527,11 +477,11 @@ fn schedule_subcommands_change_broker_schedule() {
     ] {
         let mut all = vec!["schedule", "add"];
         all.extend_from_slice(args);
-        let out = cli(&db, &all);
+        let out = db.cli(&all);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stdout);
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
-    let out = cli(&db, &["schedule", "add", "empty", "@daily", " "]);
+    let out = db.cli(&["schedule", "add", "empty", "@daily", " "]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(out.stderr.contains("SQLSTATE 22023"), "{}", out.stderr);
     assert_eq!(
@@ -554,7 +504,7 @@ fn commands_on_an_uninstalled_database_point_at_install() {
         &["schedule", "list"],
         &["schedule", "disable", "1"],
     ] {
-        let out = cli(&db, args);
+        let out = db.cli(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", out.stdout);
         assert!(
             out.stderr.contains("run `pgsql-broker install`"),
@@ -563,7 +513,7 @@ fn commands_on_an_uninstalled_database_point_at_install() {
         );
         assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
     }
-    let out = cli(&db, &["status", "--json"]);
+    let out = db.cli(&["status", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     let doc = json(&out.stdout);
     assert_eq!(doc["databases"][0]["ok"], false);

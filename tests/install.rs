@@ -3,18 +3,11 @@
 mod common;
 use common::*;
 
-fn cli(db: &TestDb, args: &[&str]) -> Output {
-    let config = db.config("", "");
-    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
-    all.extend_from_slice(args);
-    run_cli(&all)
-}
-
 #[test]
 fn install_verify_and_reinstall() {
     let db = TestDb::new();
 
-    let out = cli(&db, &["install", "--verify-only"]);
+    let out = db.cli(&["install", "--verify-only"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -32,7 +25,7 @@ fn install_verify_and_reinstall() {
         out.stdout
     );
 
-    let out = cli(&db, &["install"]);
+    let out = db.cli(&["install"]);
     assert!(out.status.success(), "{}", out.stderr);
     let expected = format!(
         "version 0 -> {}",
@@ -40,7 +33,7 @@ fn install_verify_and_reinstall() {
     );
     assert!(out.stdout.contains(&expected), "{}", out.stdout);
 
-    let out = cli(&db, &["install", "--verify-only"]);
+    let out = db.cli(&["install", "--verify-only"]);
     assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains("installed and complete"),
@@ -50,7 +43,7 @@ fn install_verify_and_reinstall() {
 
     // A job survives a re-install untouched: the second run is a no-op.
     let id = db.add_job("broker_add_job('keep', 'SELECT 1')");
-    let out = cli(&db, &["install", "--database", &db.name]);
+    let out = db.cli(&["install", "--database", &db.name]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("already installed"), "{}", out.stdout);
     assert_eq!(db.status(id), "pending");
@@ -66,7 +59,7 @@ fn verify_names_a_missing_function() {
     let db = TestDb::new();
     db.install();
     db.exec("DROP FUNCTION broker_ping_instance(bigint)");
-    let out = cli(&db, &["install", "--verify-only"]);
+    let out = db.cli(&["install", "--verify-only"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stdout.contains("missing function broker_ping_instance"),
@@ -78,7 +71,7 @@ fn verify_names_a_missing_function() {
 #[test]
 fn unknown_database_name_is_a_usage_error() {
     let db = TestDb::new();
-    let out = cli(&db, &["install", "--database", "nope"]);
+    let out = db.cli(&["install", "--database", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("nope"), "{}", out.stderr);
 }
@@ -88,7 +81,7 @@ fn start_refuses_a_newer_schema() {
     let db = TestDb::new();
     db.install();
     db.exec("INSERT INTO broker_schema_version (version) VALUES (999)");
-    let out = cli(&db, &["start"]);
+    let out = db.cli(&["start"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains("schema version 999 is newer"),
@@ -134,14 +127,14 @@ fn functions_of_another_build_are_replaced_by_install() {
          UPDATE broker_schema_version SET functions_digest = 'from an older build'",
     );
 
-    let out = cli(&db, &["install", "--verify-only"]);
+    let out = db.cli(&["install", "--verify-only"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(
         out.stdout.contains("functions are not this build's"),
         "{}",
         out.stdout
     );
-    let out = cli(&db, &["start"]);
+    let out = db.cli(&["start"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -154,10 +147,10 @@ fn functions_of_another_build_are_replaced_by_install() {
         out.stderr
     );
 
-    let out = cli(&db, &["install"]);
+    let out = db.cli(&["install"]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("functions updated"), "{}", out.stdout);
-    assert!(cli(&db, &["install", "--verify-only"]).status.success());
+    assert!(db.cli(&["install", "--verify-only"]).status.success());
     let _broker = BrokerProcess::start_serving(&db, &db.config("", ""));
     db.wait_status(queued, "completed");
 }

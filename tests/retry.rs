@@ -5,48 +5,11 @@
 mod common;
 use common::*;
 
-/// Runs the binary on `db`'s config with `args` after it.
-fn cli(db: &TestDb, args: &[&str]) -> Output {
-    let config = db.config("", "");
-    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
-    all.extend_from_slice(args);
-    run_cli(&all)
-}
-
-/// Runs a command that must succeed and returns its standard output.
-fn ok(db: &TestDb, args: &[&str]) -> String {
-    let out = cli(db, args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
 /// Runs a command that must fail with exit status 1 and returns its standard error.
 fn fails(db: &TestDb, args: &[&str]) -> String {
-    let out = cli(db, args);
+    let out = db.cli(args);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {}", out.stdout);
     out.stderr
-}
-
-fn add(db: &TestDb, args: &[&str]) -> i64 {
-    let mut all = vec!["add"];
-    all.extend_from_slice(args);
-    let out = ok(db, &all);
-    out.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not an id: {out}"))
-}
-
-fn column(db: &TestDb, id: i64, expr: &str) -> String {
-    db.value(&format!(
-        "SELECT ({expr})::text FROM broker_jobs WHERE id = {id}"
-    ))
-    .unwrap_or_else(|| "NULL".into())
 }
 
 /// Makes job `id` look as if its last allowed attempt failed (as the tables' owner may).
@@ -69,12 +32,12 @@ fn fail(db: &TestDb, id: i64) {
 fn retry_changes_the_row_as_stated() {
     let db = TestDb::new();
     db.install();
-    let failed = add(&db, &["SELECT 1"]);
+    let failed = db.cli_add(&["SELECT 1"]);
     fail(&db, failed);
     db.exec(&format!(
         "INSERT INTO broker_cancel_requests (job_id) VALUES ({failed})"
     ));
-    let out = ok(&db, &["retry", &failed.to_string()]);
+    let out = db.cli_ok(&["retry", &failed.to_string()]);
     assert_eq!(
         out.trim(),
         format!("job {failed} is pending again: attempt 2 of at most 2")
@@ -99,7 +62,7 @@ fn retry_changes_the_row_as_stated() {
             "0",
         ),
     ] {
-        assert_eq!(column(&db, failed, expr), expected, "{expr}");
+        assert_eq!(db.job_column(failed, expr), expected, "{expr}");
     }
     let e = fails(&db, &["retry", &failed.to_string()]);
     assert!(
@@ -110,23 +73,20 @@ fn retry_changes_the_row_as_stated() {
     );
 
     // Cancelled before it ran: its own retries still stand, and so does its run_after.
-    let later = add(
-        &db,
-        &["--max-attempts", "3", "--run-after", "1h", "SELECT 1"],
-    );
-    ok(&db, &["cancel", &later.to_string()]);
-    let out = ok(&db, &["retry", &later.to_string()]);
+    let later = db.cli_add(&["--max-attempts", "3", "--run-after", "1h", "SELECT 1"]);
+    db.cli_ok(&["cancel", &later.to_string()]);
+    let out = db.cli_ok(&["retry", &later.to_string()]);
     assert!(
         out.starts_with(&format!(
             "job {later} is pending again: attempt 1 of at most 3, due in "
         )),
         "{out}"
     );
-    assert_eq!(column(&db, later, "max_attempts"), "3");
-    assert_eq!(column(&db, later, "delayed"), "true");
-    assert_eq!(column(&db, later, "error_text"), "NULL");
+    assert_eq!(db.job_column(later, "max_attempts"), "3");
+    assert_eq!(db.job_column(later, "delayed"), "true");
+    assert_eq!(db.job_column(later, "error_text"), "NULL");
 
-    let done = add(&db, &["SELECT 1"]);
+    let done = db.cli_add(&["SELECT 1"]);
     db.exec(&format!(
         "UPDATE broker_jobs SET status = 'completed', attempts = 1, completed_at = now() WHERE id = {done}"
     ));
@@ -143,13 +103,13 @@ fn retry_changes_the_row_as_stated() {
     );
 
     // A plain UPDATE back to pending is a retry too, whoever makes it.
-    let plain = add(&db, &["SELECT 1"]);
+    let plain = db.cli_add(&["SELECT 1"]);
     fail(&db, plain);
     db.exec(&format!(
         "UPDATE broker_jobs SET status = 'pending' WHERE id = {plain}"
     ));
-    assert_eq!(column(&db, plain, "max_attempts"), "2");
-    assert_eq!(column(&db, plain, "error_text"), "NULL");
+    assert_eq!(db.job_column(plain, "max_attempts"), "2");
+    assert_eq!(db.job_column(plain, "error_text"), "NULL");
 }
 
 /// A job that failed in a running broker runs again as soon as it is retried (the broker
@@ -160,18 +120,17 @@ fn a_running_broker_reruns_a_retried_job() {
     db.install();
     db.exec("CREATE TABLE gate (open boolean); CREATE TABLE ran (n int)");
     let _broker = BrokerProcess::start_serving(&db, &db.config("", "  queue_timer_sec: 3600\n"));
-    let id = add(
-        &db,
-        &[
-            "--name",
-            "flaky",
-            "SELECT 1 / (SELECT count(*)::int FROM gate); INSERT INTO ran VALUES (1)",
-        ],
-    );
+    let id = db.cli_add(&[
+        "--name",
+        "flaky",
+        "SELECT 1 / (SELECT count(*)::int FROM gate); INSERT INTO ran VALUES (1)",
+    ]);
     db.wait_status(id, "failed");
-    assert!(column(&db, id, "error_text").starts_with("SQLSTATE 22012"));
+    assert!(db
+        .job_column(id, "error_text")
+        .starts_with("SQLSTATE 22012"));
     db.exec("INSERT INTO gate VALUES (true)");
-    ok(&db, &["retry", &id.to_string()]);
+    db.cli_ok(&["retry", &id.to_string()]);
     db.wait_status(id, "completed");
     for (expr, expected) in [
         ("attempts", "2"),
@@ -183,7 +142,7 @@ fn a_running_broker_reruns_a_retried_job() {
             "true",
         ),
     ] {
-        assert_eq!(column(&db, id, expr), expected, "{expr}");
+        assert_eq!(db.job_column(id, expr), expected, "{expr}");
     }
     assert_eq!(db.value("SELECT count(*) FROM ran").as_deref(), Some("1"));
 }
@@ -199,29 +158,26 @@ fn retry_revives_the_dependents_a_failure_cancelled() {
     let job = |name: &str, deps: &str| {
         let sql = format!("INSERT INTO ran (job) VALUES ('{name}')");
         if deps.is_empty() {
-            add(&db, &["--name", name, &sql])
+            db.cli_add(&["--name", name, &sql])
         } else {
-            add(&db, &["--name", name, "--depends-on", deps, &sql])
+            db.cli_add(&["--name", name, "--depends-on", deps, &sql])
         }
     };
-    let a = add(
-        &db,
-        &[
-            "--name",
-            "A",
-            "SELECT 1 / (SELECT count(*)::int FROM gate); INSERT INTO ran (job) VALUES ('A')",
-        ],
-    );
+    let a = db.cli_add(&[
+        "--name",
+        "A",
+        "SELECT 1 / (SELECT count(*)::int FROM gate); INSERT INTO ran (job) VALUES ('A')",
+    ]);
     let b = job("B", &a.to_string());
     let c = job("C", &b.to_string());
     let d = job("D", &a.to_string());
-    ok(&db, &["cancel", &d.to_string()]);
+    db.cli_ok(&["cancel", &d.to_string()]);
     let _broker = BrokerProcess::start_serving(&db, &db.config("", "  queue_timer_sec: 3600\n"));
     db.wait_status(a, "failed");
     db.wait_status(b, "cancelled");
     db.wait_status(c, "cancelled");
     assert_eq!(
-        column(&db, b, "error_text"),
+        db.job_column(b, "error_text"),
         format!("dependency {a} failed")
     );
 
@@ -235,7 +191,7 @@ fn retry_revives_the_dependents_a_failure_cancelled() {
     assert_eq!(db.status(b), "cancelled");
 
     db.exec("INSERT INTO gate VALUES (true)");
-    let out = ok(&db, &["retry", &a.to_string()]);
+    let out = db.cli_ok(&["retry", &a.to_string()]);
     assert!(
         out.contains(&format!(
             "dependents pending again (they were cancelled because it ended): {b}, {c}\n"
@@ -249,10 +205,10 @@ fn retry_revives_the_dependents_a_failure_cancelled() {
             .as_deref(),
         Some("A,B,C")
     );
-    assert_eq!(column(&db, b, "max_attempts"), "1");
+    assert_eq!(db.job_column(b, "max_attempts"), "1");
     assert_eq!(db.status(d), "cancelled");
     assert_eq!(
-        column(&db, d, "error_text"),
+        db.job_column(d, "error_text"),
         format!("cancelled by {}", user())
     );
 }
@@ -299,10 +255,10 @@ fn retry_follows_who_may_cancel() {
     assert_eq!(db.status(bobs), "failed");
 
     assert_eq!(retry(&bob, bobs).expect("bob may"), "pending");
-    assert_eq!(column(&db, bobs, "max_attempts"), "2");
+    assert_eq!(db.job_column(bobs, "max_attempts"), "2");
     fail(&db, bobs);
     assert_eq!(retry(&admin, bobs).expect("an admin may"), "pending");
-    assert_eq!(column(&db, bobs, "max_attempts"), "3");
+    assert_eq!(db.job_column(bobs, "max_attempts"), "3");
 
     fail(&db, bobs);
     let mut b = session(&db, &bob);
@@ -318,7 +274,7 @@ fn retry_follows_who_may_cancel() {
         &[&bobs],
     )
     .expect("a plain retry");
-    assert_eq!(column(&db, bobs, "max_attempts"), "4");
+    assert_eq!(db.job_column(bobs, "max_attempts"), "4");
 
     db.exec(&format!(
         "REVOKE {} FROM {}",
@@ -343,7 +299,7 @@ fn retry_follows_who_may_cancel() {
 fn install_brings_retry_to_an_existing_database() {
     let db = TestDb::new();
     db.install();
-    let id = add(&db, &["SELECT 1"]);
+    let id = db.cli_add(&["SELECT 1"]);
     fail(&db, id);
     db.exec(
         "DROP FUNCTION broker_retry_job(bigint);
@@ -353,16 +309,16 @@ fn install_brings_retry_to_an_existing_database() {
     );
     let e = fails(&db, &["retry", &id.to_string()]);
     assert!(e.contains("run `pgsql-broker install`"), "{e}");
-    let out = cli(&db, &["install", "--verify-only"]);
+    let out = db.cli(&["install", "--verify-only"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stdout.contains("missing function broker_retry_job"),
         "{}",
         out.stdout
     );
-    let out = ok(&db, &["install"]);
+    let out = db.cli_ok(&["install"]);
     assert!(out.contains("functions updated"), "{out}");
-    ok(&db, &["install", "--verify-only"]);
-    ok(&db, &["retry", &id.to_string()]);
-    assert_eq!(column(&db, id, "max_attempts"), "2");
+    db.cli_ok(&["install", "--verify-only"]);
+    db.cli_ok(&["retry", &id.to_string()]);
+    assert_eq!(db.job_column(id, "max_attempts"), "2");
 }

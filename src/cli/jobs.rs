@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::args::{AddCmd, CancelCmd, JobsCmd, RetryCmd};
 use super::format::{duration, excerpt, json_secs, json_time, rfc3339, short_time, table};
-use super::{check_queue, one_database, refused, selected};
+use super::{check_queue, list_each, one_database, refused, selected};
 use crate::config::{parse_duration, Config, DatabaseConfig};
 use crate::db::{self, JobFilter, JobRow, JOB_STATUSES};
 use crate::error::Error;
@@ -180,34 +180,14 @@ fn filter(cmd: &JobsCmd) -> Result<JobFilter, String> {
 pub(super) fn list(config: &Config, cmd: &JobsCmd) -> Result<i32, Error> {
     let filter = filter(cmd).map_err(Error::Runtime)?;
     let dbs = selected(config, cmd.database.as_deref()).map_err(Error::Runtime)?;
-    let mut code = 0;
-    let mut all = Vec::new();
-    for (i, db) in dbs.iter().enumerate() {
-        let mut client = db::connect(db)?;
-        let jobs = match db::list_jobs(&mut client, &filter) {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                code = refused(db, "listing jobs", "listing jobs", e)?;
-                continue;
-            }
-        };
-        if cmd.json {
-            all.extend(jobs.iter().map(|j| job_json(db, j)));
-            continue;
-        }
-        if dbs.len() > 1 {
-            println!("{}database {}:", if i > 0 { "\n" } else { "" }, db.name);
-        }
-        print!("{}", job_table(&jobs));
-    }
-    if cmd.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&all)
-                .map_err(|e| Error::Runtime(format!("cannot write JSON: {e}")))?
-        );
-    }
-    Ok(code)
+    list_each(
+        &dbs,
+        cmd.json,
+        "listing jobs",
+        |c| db::list_jobs(c, &filter),
+        job_json,
+        job_table,
+    )
 }
 
 /// What the RUN column says: how long an ended job ran or a running one has run so far; for a

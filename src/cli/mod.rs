@@ -349,6 +349,47 @@ fn schema_missing(e: &postgres::Error) -> bool {
 /// exit status 1: a missing schema with how to install it, anything else with `what` and the
 /// server's SQLSTATE and message. An error that is not the server's answer (the connection
 /// broke) is returned, to be logged as the broker's errors are.
+/// What `jobs` and `schedule list` share: `read` runs on each database, and its rows print as
+/// one JSON array of them all (`json`), or as a table per database, headed by the database's
+/// name when there are several. A database that refuses is reported and the others go on.
+fn list_each<T>(
+    dbs: &[&DatabaseConfig],
+    json: bool,
+    what: &'static str,
+    read: impl Fn(&mut postgres::Client) -> Result<Vec<T>, postgres::Error>,
+    to_json: impl Fn(&DatabaseConfig, &T) -> serde_json::Value,
+    to_table: impl Fn(&[T]) -> String,
+) -> Result<i32, Error> {
+    let mut code = 0;
+    let mut all = Vec::new();
+    for (i, db) in dbs.iter().enumerate() {
+        let mut client = db::connect(db)?;
+        let rows = match read(&mut client) {
+            Ok(rows) => rows,
+            Err(e) => {
+                code = refused(db, what, what, e)?;
+                continue;
+            }
+        };
+        if json {
+            all.extend(rows.iter().map(|r| to_json(db, r)));
+            continue;
+        }
+        if dbs.len() > 1 {
+            println!("{}database {}:", if i > 0 { "\n" } else { "" }, db.name);
+        }
+        print!("{}", to_table(&rows));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all)
+                .map_err(|e| Error::Runtime(format!("cannot write JSON: {e}")))?
+        );
+    }
+    Ok(code)
+}
+
 fn refused(
     db: &DatabaseConfig,
     what: &str,

@@ -9,7 +9,7 @@ use super::args::{
     ScheduleNextCmd, ScheduleRemoveCmd,
 };
 use super::format::{excerpt, json_time, short_time, table};
-use super::{check_queue, one_database, refused, selected};
+use super::{check_queue, list_each, one_database, refused, selected};
 use crate::config::{Config, DatabaseConfig};
 use crate::db::{self, NewSchedule, ScheduleInfo};
 use crate::error::Error;
@@ -129,34 +129,14 @@ fn add(config: &Config, cmd: &ScheduleAddCmd) -> Result<i32, Error> {
 
 fn list(config: &Config, cmd: &ScheduleListCmd) -> Result<i32, Error> {
     let dbs = selected(config, cmd.database.as_deref()).map_err(Error::Runtime)?;
-    let mut code = 0;
-    let mut all = Vec::new();
-    for (i, db) in dbs.iter().enumerate() {
-        let mut client = db::connect(db)?;
-        let schedules = match db::list_schedules(&mut client) {
-            Ok(s) => s,
-            Err(e) => {
-                code = refused(db, "listing schedules", "listing schedules", e)?;
-                continue;
-            }
-        };
-        if cmd.json {
-            all.extend(schedules.iter().map(|s| schedule_json(db, s)));
-            continue;
-        }
-        if dbs.len() > 1 {
-            println!("{}database {}:", if i > 0 { "\n" } else { "" }, db.name);
-        }
-        print!("{}", schedule_table(&schedules));
-    }
-    if cmd.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&all)
-                .map_err(|e| Error::Runtime(format!("cannot write JSON: {e}")))?
-        );
-    }
-    Ok(code)
+    list_each(
+        &dbs,
+        cmd.json,
+        "listing schedules",
+        db::list_schedules,
+        schedule_json,
+        schedule_table,
+    )
 }
 
 fn schedule_table(schedules: &[ScheduleInfo]) -> String {

@@ -256,6 +256,47 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl TestDb {
+    /// Runs the binary on this database's config with `args` after it.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let config = self.config("", "");
+        let mut all = vec!["--config", config.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    }
+
+    /// Runs a command that must succeed and returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// `add` through the command line; returns the new job's id.
+    pub fn cli_add(&self, args: &[&str]) -> i64 {
+        let mut all = vec!["add"];
+        all.extend_from_slice(args);
+        let out = self.cli_ok(&all);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not an id: {out}"))
+    }
+
+    /// One column (an expression over the row) of job `id`, as text; `NULL` when null.
+    pub fn job_column(&self, id: i64, expr: &str) -> String {
+        self.value(&format!(
+            "SELECT ({expr})::text FROM broker_jobs WHERE id = {id}"
+        ))
+        .unwrap_or_else(|| "NULL".into())
+    }
+}
+
 /// Runs the binary to completion with a clean `PGSQL_BROKER_*` environment.
 pub fn run_cli(args: &[&str]) -> Output {
     run_cli_env(args, &[])
