@@ -158,8 +158,18 @@ impl Stats {
         lock(&self.gauges).clone()
     }
 
+    /// The level for one more line about a single job: `wanted`, or debug once this minute's
+    /// budget of such lines is spent (a submitter must not be able to flood the log).
+    pub fn job_line_level(&self, wanted: log::Level) -> log::Level {
+        if self.may_log_job_line() {
+            wanted
+        } else {
+            log::Level::Debug
+        }
+    }
+
     /// True when one more line about a single job may be logged above debug level.
-    pub fn may_log_job_line(&self) -> bool {
+    fn may_log_job_line(&self) -> bool {
         let mut w = lock(&self.warnings);
         if w.0
             .is_none_or(|since| since.elapsed() >= Duration::from_secs(60))

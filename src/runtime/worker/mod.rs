@@ -253,13 +253,8 @@ impl Worker<'_> {
     /// `broker_run` would not start the job (see `db::is_not_startable`): no attempt
     /// happened, and the job is left to its lock holder, its new claimant or recovery.
     fn not_started(&self, job: &Job, e: &postgres::Error) {
-        let level = if self.shared.stats.may_log_job_line() {
-            log::Level::Info
-        } else {
-            log::Level::Debug
-        };
         log::log!(
-            level,
+            self.shared.stats.job_line_level(log::Level::Info),
             "database {}: job {} not started: {}",
             self.shared.db.name,
             job.id,
@@ -396,13 +391,8 @@ impl Worker<'_> {
                     log::info!("database {name}: job {id} handed back, pending again")
                 }
                 (_, "locked") => {
-                    let level = if stats.may_log_job_line() {
-                        log::Level::Warn
-                    } else {
-                        log::Level::Debug
-                    };
                     log::log!(
-                        level,
+                        stats.job_line_level(log::Level::Warn),
                         "database {name}: job {id}: another session holds its row; recovery settles it once that lock is gone"
                     )
                 }
@@ -417,15 +407,10 @@ impl Worker<'_> {
                         Outcome::Failed(e) => e.as_str(),
                         _ => "the job changed hands while it ran (recovered or cancelled)",
                     };
-                    if stats.may_log_job_line() {
-                        log::warn!(
-                            "database {name}: job {id} failed after {took:.3}s (now {status}): {error}"
-                        );
-                    } else {
-                        log::debug!(
-                            "database {name}: job {id} failed after {took:.3}s (now {status}): {error}"
-                        );
-                    }
+                    log::log!(
+                        stats.job_line_level(log::Level::Warn),
+                        "database {name}: job {id} failed after {took:.3}s (now {status}): {error}"
+                    );
                 }
             }
         }
