@@ -121,26 +121,48 @@ fn seconds_schedule_fires_once_per_due_time_across_a_restart() {
 fn overlap_false_skips_while_the_previous_job_runs() {
     let db = TestDb::new();
     db.install();
+    // What the previous job of the schedule was when each job was inserted, as the inserting
+    // transaction saw it (created_at cannot say: it is that transaction's start, which may
+    // come before the previous job's completion commits).
+    db.exec(
+        "CREATE TABLE made (job bigint, previous text);
+         CREATE FUNCTION note_made() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO made SELECT NEW.id,
+                    (SELECT p.status FROM broker_jobs p
+                      WHERE p.schedule_id = NEW.schedule_id AND p.id < NEW.id
+                      ORDER BY p.id DESC LIMIT 1);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER note_made AFTER INSERT ON broker_jobs
+             FOR EACH ROW EXECUTE FUNCTION note_made()",
+    );
     let _broker = broker_without_timer(&db);
     let id = db.add_job("broker_add_schedule('slow', '* * * * * *', 'SELECT pg_sleep(2)')");
-    wait_until("a second job to complete", || {
+    wait_until("a second job", || jobs_of(&db, id) >= 2);
+    // Every job was made only after the one before it had finished.
+    assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM broker_jobs WHERE schedule_id = {id} AND status = 'completed'"),
-        ) >= 2
-    });
-    // Every job started only after the one before it had finished. (Not created_at: that is
-    // the start of the scheduler's transaction, which may begin while the previous job's
-    // completion is still committing, and completed_at is that job's start plus the run time
-    // the broker measured.)
+            &format!(
+                "SELECT count(*) FROM made m JOIN broker_jobs j ON j.id = m.job
+                  WHERE j.schedule_id = {id} AND m.previous IS NOT NULL"
+            )
+        ),
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM made m JOIN broker_jobs j ON j.id = m.job
+                  WHERE j.schedule_id = {id}"
+            )
+        ) - 1,
+        "every job but the first was noted with its predecessor"
+    );
     let overlapping = count(
         &db,
         &format!(
-            "SELECT count(*) FROM broker_jobs a JOIN broker_jobs b
-                ON b.schedule_id = a.schedule_id AND b.id > a.id
-             WHERE a.schedule_id = {id}
-               AND (a.completed_at IS NULL OR b.started_at IS NULL
-                    OR b.started_at < a.completed_at)"
+            "SELECT count(*) FROM made m JOIN broker_jobs j ON j.id = m.job
+              WHERE j.schedule_id = {id} AND m.previous IN ('pending', 'running')"
         ),
     );
     assert_eq!(
