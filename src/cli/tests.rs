@@ -1,3 +1,5 @@
+//! Unit tests of the command line's parsing; the module is declared under `#[cfg(test)]`.
+
 use super::*;
 use std::path::Path;
 

@@ -1,3 +1,5 @@
+//! Unit tests of the configuration; the module is declared under `#[cfg(test)]`.
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

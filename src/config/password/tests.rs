@@ -1,3 +1,5 @@
+//! Unit tests of passwords and pgpass; the module is declared under `#[cfg(test)]`.
+
 use std::path::{Path, PathBuf};
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Unit tests of the TLS connector; the module is declared under `#[cfg(test)]`.
+
 use super::*;
 
 #[test]

@@ -1,3 +1,5 @@
+//! Unit tests of cron expressions; the module is declared under `#[cfg(test)]`.
+
 use super::*;
 
 fn utc(s: &str) -> DateTime<Utc> {
