@@ -463,24 +463,35 @@ BEGIN
 END
 $$;
 
--- Cancels a job of the caller's (or any job, for broker_admin members): a pending one at once,
--- a running one by cancelling its statement (the listener of the active instance delivers it).
--- Returns the job's status afterwards.
-CREATE OR REPLACE FUNCTION broker_cancel_job(p_id bigint) RETURNS text
+-- The job `p_id` as the caller sees it, if the caller may `p_action` (cancel, retry) it: its
+-- owner's members and broker_admin's. One rule for every operator action on a job. Runs as
+-- the caller, so row-level security hides other roles' jobs as if they did not exist.
+CREATE OR REPLACE FUNCTION broker_job_for_caller(p_id bigint, p_action text) RETURNS broker_jobs
 LANGUAGE plpgsql AS $$
 DECLARE
     j broker_jobs;
 BEGIN
-    SELECT * INTO j FROM broker_jobs WHERE id = p_id;
+    SELECT * INTO j FROM broker_jobs b WHERE b.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
     END IF;
     IF NOT (pg_has_role(current_user, j.owner, 'MEMBER')
             OR pg_has_role(current_user, 'broker_admin', 'MEMBER')) THEN
-        RAISE EXCEPTION 'role % may not cancel job % of %', quote_ident(current_user), p_id,
+        RAISE EXCEPTION 'role % may not % job % of %', quote_ident(current_user), p_action, p_id,
                 quote_ident(j.owner)
             USING ERRCODE = '42501';
     END IF;
+    RETURN j;
+END
+$$;
+
+-- Cancels a job of the caller's (or any job, for broker_admin members): a pending one at once,
+-- a running one by cancelling its statement (the listener of the active instance delivers it).
+-- Returns the job's status afterwards.
+CREATE OR REPLACE FUNCTION broker_cancel_job(p_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM broker_job_for_caller(p_id, 'cancel');
     UPDATE broker_jobs SET status = 'cancelled', completed_at = now(),
                            error_text = format('cancelled by %s', current_user)
      WHERE id = p_id AND status = 'pending';
@@ -501,21 +512,11 @@ $$;
 CREATE OR REPLACE FUNCTION broker_retry_job(p_id bigint, OUT status text, OUT dependents bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    j broker_jobs;
     frontier bigint[] := ARRAY[p_id];
     revived bigint[];
     d bigint;
 BEGIN
-    SELECT * INTO j FROM broker_jobs b WHERE b.id = p_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = '02000';
-    END IF;
-    IF NOT (pg_has_role(current_user, j.owner, 'MEMBER')
-            OR pg_has_role(current_user, 'broker_admin', 'MEMBER')) THEN
-        RAISE EXCEPTION 'role % may not retry job % of %', quote_ident(current_user), p_id,
-                quote_ident(j.owner)
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM broker_job_for_caller(p_id, 'retry');
     UPDATE broker_jobs b SET status = 'pending'
      WHERE b.id = p_id AND b.status IN ('failed', 'cancelled');
     IF NOT FOUND THEN
@@ -1268,6 +1269,7 @@ BEGIN
     END LOOP;
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.proname IN ('broker_add_job', 'broker_cancel_job', 'broker_retry_job',
+                                  'broker_job_for_caller',
                                   'broker_add_schedule',
                                   'broker_remove_schedule', 'broker_enable_schedule',
                                   'broker_disable_schedule')

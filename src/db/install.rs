@@ -39,6 +39,7 @@ const FUNCTIONS: &[&str] = &[
     "broker_shutdown_instance",
     "broker_recover",
     "broker_holds_instance_lock",
+    "broker_job_for_caller",
     "broker_cancel_job",
     "broker_retry_job",
     "broker_cancel_requested",
